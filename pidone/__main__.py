@@ -1,0 +1,3 @@
+from pidone.cli import main
+
+main()

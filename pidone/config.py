@@ -1,0 +1,163 @@
+"""The configuration: one frozen object, built once from the command line.
+
+Every parser here is pure and raises ``ValueError`` with a message meant for
+a person; the CLI turns those into one-line usage errors before anything is
+started.  Nothing here imports more than the standard library's cheapest
+modules, because this code runs before the app is launched.
+"""
+
+from __future__ import annotations
+
+import math
+import shlex
+import signal
+from dataclasses import dataclass, field
+from typing import Literal
+
+LogFormat = Literal["auto", "json", "console"]
+SignalTarget = Literal["child", "group"]
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+# Signals an init can never meaningfully be asked to send or to act on.
+_UNCATCHABLE = frozenset({signal.SIGKILL, signal.SIGSTOP})
+
+
+@dataclass(frozen=True)
+class ExecDrain:
+    """A drain step that runs a command (no shell unless the user wrote one)."""
+
+    argv: tuple[str, ...]
+
+    def describe(self) -> str:
+        return shlex.join(self.argv)
+
+
+@dataclass(frozen=True)
+class HttpDrain:
+    """A drain step that sends one HTTP request; 2xx and 3xx count as success."""
+
+    method: str
+    url: str
+
+    def describe(self) -> str:
+        return f"{self.method} {self.url}"
+
+
+DrainStep = ExecDrain | HttpDrain
+
+
+@dataclass(frozen=True)
+class Config:
+    argv: tuple[str, ...]
+    log_format: LogFormat = "auto"
+    log_level: str = "info"
+    signal_to: SignalTarget = "child"
+    remap_exit: tuple[tuple[int, int], ...] = ()
+    shutdown_signals: frozenset[int] = field(default_factory=lambda: frozenset({signal.SIGTERM}))
+    stop_signal: int = signal.SIGTERM
+    grace: float = 8.0
+    pre_stop_delay: float = 0.0
+    drains: tuple[DrainStep, ...] = ()
+    termination_log: str | None = None
+
+    def remap(self, code: int) -> int:
+        for src, dst in self.remap_exit:
+            if code == src:
+                return dst
+        return code
+
+
+def parse_duration(text: str) -> float:
+    """Seconds as a finite, non-negative decimal number (fractions allowed)."""
+    try:
+        value = float(text.strip())
+    except ValueError:
+        raise ValueError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{text!r} must be a finite number of seconds >= 0")
+    return value
+
+
+def parse_signal(text: str) -> int:
+    """A signal by name (TERM, SIGTERM, sigterm, RTMIN+3) or by number."""
+    raw = text.strip()
+    if raw.isdigit():
+        number = int(raw)
+        if number not in signal.valid_signals():
+            raise ValueError(f"{raw} is not a valid signal number")
+    else:
+        name = raw.upper()
+        if not name.startswith("SIG"):
+            name = "SIG" + name
+        number = _signal_by_name(name)
+        if number is None:
+            raise ValueError(f"{text!r} is not a known signal name")
+    if number in _UNCATCHABLE:
+        raise ValueError(f"{signal.Signals(number).name} cannot be used here")
+    return number
+
+
+def _signal_by_name(name: str) -> int | None:
+    for base in ("SIGRTMIN", "SIGRTMAX"):
+        if name.startswith(base) and name != base:
+            offset_text = name[len(base) :]
+            if not offset_text[1:].isdigit() or offset_text[0] not in "+-":
+                return None
+            number = int(getattr(signal, base)) + int(offset_text)
+            rt_range = range(signal.SIGRTMIN, signal.SIGRTMAX + 1)
+            return number if number in rt_range else None
+    member = getattr(signal.Signals, name, None)
+    return int(member) if member is not None else None
+
+
+def signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"SIGRTMIN+{number - signal.SIGRTMIN}"
+
+
+def parse_remap(text: str) -> tuple[int, int]:
+    """``FROM:TO``, both exit codes in 0..255."""
+    parts = text.split(":")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise ValueError(f"{text!r} is not FROM:TO (two exit codes 0-255)")
+    src, dst = (int(p) for p in parts)
+    if src > 255 or dst > 255:
+        raise ValueError(f"{text!r}: exit codes must be within 0-255")
+    return src, dst
+
+
+def parse_exec_drain(text: str) -> ExecDrain:
+    try:
+        argv = shlex.split(text)
+    except ValueError as exc:
+        raise ValueError(f"{text!r} does not parse as a command: {exc}") from None
+    if not argv:
+        raise ValueError("empty command")
+    return ExecDrain(tuple(argv))
+
+
+def parse_http_drain(text: str) -> HttpDrain:
+    """``[METHOD ]URL`` with an http or https URL that names a host."""
+    from urllib.parse import urlsplit
+
+    parts = text.split()
+    if len(parts) == 1:
+        method, url = "GET", parts[0]
+    elif len(parts) == 2:
+        method, url = parts[0].upper(), parts[1]
+    else:
+        raise ValueError(f"{text!r} is not '[METHOD ]URL'")
+    if method not in HTTP_METHODS:
+        raise ValueError(f"{parts[0]!r} is not an HTTP method ({', '.join(HTTP_METHODS)})")
+    try:
+        split = urlsplit(url)
+        port_ok = split.port is None or split.port > 0
+    except ValueError as exc:
+        raise ValueError(f"{url!r} is not a valid URL: {exc}") from None
+    if split.scheme not in ("http", "https") or not split.hostname or not port_ok:
+        raise ValueError(f"{url!r} is not an http:// or https:// URL with a host")
+    return HttpDrain(method, url)

@@ -1,0 +1,84 @@
+"""structlog set-up, imported only once the app is running.
+
+``import structlog`` costs tens of milliseconds, so the start-up path never
+touches this module: the app is launched first, then the logger is built.
+
+pidone's stderr may be closed or turned into a broken pipe by the world
+around it; a PID 1 that dies of that takes the app's exit code with it.  So
+the sink below swallows write errors, stops writing after the first broken
+pipe, and tells the loop that the SIGPIPE it is about to see was its own.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+
+from pidone.config import LogFormat
+
+LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
+
+
+class SafeStderr:
+    """A structlog logger that writes whole lines to fd 2 and never raises."""
+
+    def __init__(self, on_broken_pipe: Callable[[], None]) -> None:
+        self._on_broken_pipe = on_broken_pipe
+        self.closed = False
+
+    def msg(self, message: str) -> None:
+        if self.closed:
+            return
+        data = (message + "\n").encode("utf-8", "backslashreplace")
+        try:
+            while data:
+                written = os.write(2, data)
+                data = data[written:]
+        except BrokenPipeError:
+            self.closed = True
+            self._on_broken_pipe()
+        except OSError:
+            self.closed = True
+
+    log = debug = info = warn = warning = error = critical = exception = fatal = msg
+
+
+def _event_first(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+    """Put the stable keys first, so a line reads well and greps well."""
+    head = {key: event.pop(key) for key in ("timestamp", "level", "event") if key in event}
+    return {**head, **event}
+
+
+def use_console(fmt: LogFormat) -> bool:
+    if fmt == "auto":
+        try:
+            return os.isatty(2)
+        except OSError:
+            return False
+    return fmt == "console"
+
+
+def setup(fmt: LogFormat, level: str, on_broken_pipe: Callable[[], None]) -> Any:
+    console = use_console(fmt)
+    renderer: Any = (
+        structlog.dev.ConsoleRenderer(colors=False, sort_keys=False)
+        if console
+        else structlog.processors.JSONRenderer(ensure_ascii=False, default=str)
+    )
+    sink = SafeStderr(on_broken_pipe)
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            _event_first,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(LEVELS[level]),
+        logger_factory=lambda *_: sink,
+        cache_logger_on_first_use=True,
+    )
+    return structlog.get_logger()
+

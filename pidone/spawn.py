@@ -1,0 +1,133 @@
+"""Starting processes with a clean signal state, and reaping every child.
+
+pidone blocks nothing but ignores SIGPIPE and SIGXFSZ (Python does) and has
+handlers on every catchable signal.  Handlers reset themselves on exec, but
+ignored dispositions and the blocked mask survive it, so each spawn resets
+both explicitly.  ``os.posix_spawn`` does this in the kernel-friendly
+vfork-and-exec way, reports exec failures as an errno (no pipe dance), and
+runs no Python in the child.
+
+With a terminal the app must also become the foreground process group
+before it runs a single instruction, or an early read from the terminal
+stops it with SIGTTIN.  posix_spawn cannot call ``tcsetpgrp`` in the child,
+so that one case forks, sets the foreground, and reports an exec failure
+over a close-on-exec pipe.
+
+Exit statuses are owned here, in one place: nothing else in pidone calls
+``waitpid`` (``subprocess`` and ``psutil.Process.wait`` would race with the
+reaper for the same children).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+from dataclasses import dataclass
+
+_DEFAULTED = frozenset(signal.valid_signals()) - {signal.SIGKILL, signal.SIGSTOP}
+
+
+class SpawnError(Exception):
+    """The command could not be executed; ``exit_code`` follows the shell's rule."""
+
+    def __init__(self, argv0: str, err: int) -> None:
+        self.argv0 = argv0
+        self.errno = err
+        # 127: not found; 126: found but not executable (permission, format, a directory).
+        self.exit_code = 127 if err == errno.ENOENT else 126
+        super().__init__(f"cannot execute {argv0!r}: {os.strerror(err)}")
+
+
+def spawn(argv: tuple[str, ...], *, new_group: bool = True) -> int:
+    """Start ``argv`` (searched in PATH) with default signal handling and an empty mask."""
+    try:
+        return os.posix_spawnp(
+            argv[0],
+            list(argv),
+            os.environ,
+            setpgroup=0 if new_group else None,
+            setsigmask=(),
+            setsigdef=_DEFAULTED,
+        )
+    except OSError as exc:
+        raise SpawnError(argv[0], exc.errno or errno.ENOENT) from None
+
+
+def spawn_foreground(argv: tuple[str, ...], tty_fd: int) -> int:
+    """Start ``argv`` in a new process group that owns the terminal ``tty_fd``."""
+    read_end, write_end = os.pipe()  # both close-on-exec
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child, reported through the pipe
+        try:
+            os.close(read_end)
+            signal.set_wakeup_fd(-1)  # the pipe is the parent's event source
+            os.setpgid(0, 0)
+            # We are in a background group until tcsetpgrp succeeds; SIGTTOU
+            # would stop us.  Ignore it for the call, then reset everything.
+            signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+            os.tcsetpgrp(tty_fd, os.getpid())
+            for signum in _DEFAULTED:
+                signal.signal(signum, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_SETMASK, ())
+            os.execvp(argv[0], list(argv))
+        except OSError as exc:
+            os.write(write_end, str(exc.errno or errno.ENOENT).encode())
+        finally:
+            os._exit(127)
+    os.close(write_end)
+    # Also from the parent, so signals to the group work even before the child runs.
+    try:
+        os.setpgid(pid, pid)
+    except OSError:
+        pass  # already exec'd (EACCES) or already exited: the child did it itself
+    report = b""
+    while chunk := os.read(read_end, 16):
+        report += chunk
+    os.close(read_end)
+    if report:
+        os.waitpid(pid, 0)
+        raise SpawnError(argv[0], int(report))
+    return pid
+
+
+@dataclass(frozen=True)
+class Exit:
+    pid: int
+    status: int
+
+    @property
+    def code(self) -> int:
+        """The shell's view of the status: the exit code, or 128+N for signal N."""
+        signum = self.signal
+        return os.WEXITSTATUS(self.status) if signum is None else 128 + signum
+
+    @property
+    def signal(self) -> int | None:
+        return os.WTERMSIG(self.status) if os.WIFSIGNALED(self.status) else None
+
+
+def reap() -> tuple[list[Exit], bool]:
+    """Collect every exited child; return them and whether no child is left at all.
+
+    Several exits can arrive behind one SIGCHLD, so this loops until the
+    kernel says "none ready" (0) or "no children" (ECHILD).
+    """
+    exits: list[Exit] = []
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return exits, True
+        if pid == 0:
+            return exits, False
+        exits.append(Exit(pid, status))
+
+
+def has_children() -> bool:
+    """Whether any child, running or exited, is left (without reaping it)."""
+    try:
+        os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return False
+    return True

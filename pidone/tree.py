@@ -1,0 +1,105 @@
+"""The processes below pidone: finding them, signalling them, describing them.
+
+psutil lives here and is imported only when a shutdown needs it, never on
+the start-up path.  Walking the tree rebuilds a whole-system parent map on
+every call, so callers use it at phase edges (once the app is gone, at the
+deadline), never in a loop that runs while the app is healthy.
+
+As PID 1 of a namespace, "everything below pidone" is every other process:
+orphans reparent to PID 1, and ``kill(-1, ...)`` reaches all of them at
+once.  Otherwise pidone is a child subreaper, orphans still come to it, and
+the tree walk finds even the processes that called setsid.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from dataclasses import dataclass
+
+IS_PID1 = os.getpid() == 1
+
+# Bounded so that a fork bomb cannot keep pidone in the kill loop forever.
+_KILL_PASSES = 20
+
+
+@dataclass(frozen=True)
+class ProcessInfo:
+    pid: int
+    cmdline: str
+    age_s: float
+
+
+def descendants(root: int | None = None) -> list[int]:
+    """Pids below ``root`` (default: pidone itself), children first."""
+    import psutil
+
+    try:
+        proc = psutil.Process(root) if root is not None else psutil.Process()
+        return [child.pid for child in proc.children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
+def describe(pids: list[int]) -> list[ProcessInfo]:
+    import psutil
+
+    now = time.time()
+    found: list[ProcessInfo] = []
+    for pid in pids:
+        with contextlib.suppress(psutil.Error):
+            proc = psutil.Process(pid)
+            with proc.oneshot():
+                if proc.status() == psutil.STATUS_ZOMBIE:
+                    continue
+                cmdline = " ".join(proc.cmdline()) or f"[{proc.name()}]"
+                found.append(ProcessInfo(pid, cmdline, round(now - proc.create_time(), 3)))
+    return found
+
+
+def signal_pids(pids: list[int], signum: int) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signum)
+
+
+def signal_rest(signum: int) -> None:
+    """Send ``signum`` once to every process below pidone."""
+    if IS_PID1:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(-1, signum)
+    else:
+        signal_pids(descendants(), signum)
+
+
+def lingering() -> list[ProcessInfo]:
+    """Every live process below pidone, for the report at the deadline."""
+    return describe(descendants())
+
+
+def kill_all() -> None:
+    """SIGKILL everything below pidone, including processes forked meanwhile."""
+    if IS_PID1:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(-1, signal.SIGKILL)
+        return
+    # A process forked between the walk and the kill is missed by one pass,
+    # but its parent dies, so it reparents to us and the next pass sees it.
+    # Killed processes stay in the tree as zombies until reaped: skip them.
+    killed: set[int] = set()
+    for _ in range(_KILL_PASSES):
+        fresh = [pid for pid in descendants() if pid not in killed]
+        if not fresh:
+            return
+        signal_pids(fresh, signal.SIGKILL)
+        killed.update(fresh)
+
+
+def kill_tree(root: int) -> None:
+    """SIGKILL ``root``, its process group and every descendant (a timed-out drain)."""
+    below = descendants(root)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(root, signal.SIGKILL)
+    signal_pids([root, *below], signal.SIGKILL)
