@@ -115,10 +115,7 @@ class Supervisor:
         """Launch the app; return an exit code if it could not be started."""
         tty = foreground_tty()
         try:
-            if tty is not None:
-                self.app_pid = spawn.spawn_foreground(self.config.argv, tty)
-            else:
-                self.app_pid = spawn.spawn(self.config.argv)
+            self.app_pid = spawn.spawn(self.config.argv, tty_fd=tty)
         except spawn.SpawnError as exc:
             self._setup_reporting()
             self.report.start_error = str(exc)

@@ -1,17 +1,19 @@
 """Starting processes with a clean signal state, and reaping every child.
 
-pidone blocks nothing but ignores SIGPIPE and SIGXFSZ (Python does) and has
-handlers on every catchable signal.  Handlers reset themselves on exec, but
-ignored dispositions and the blocked mask survive it, so each spawn resets
-both explicitly.  ``os.posix_spawn`` does this in the kernel-friendly
-vfork-and-exec way, reports exec failures as an errno (no pipe dance), and
-runs no Python in the child.
+pidone has handlers on every catchable signal and ignores SIGPIPE and
+SIGXFSZ (Python does).  Handlers reset themselves on exec, but ignored
+dispositions and the blocked mask survive it, so each spawn resets both.
+
+``os.posix_spawn`` would do this without running Python in the child, but
+glibc's implementation leaves its two internal signals (32 and 33) ignored
+in the new program, which then shows up in the app's SigIgn and is
+inherited by everything it starts.  A plain fork does not touch them, so
+pidone forks, resets the signal state, and execs; an exec failure is
+reported back over a close-on-exec pipe as an errno.
 
 With a terminal the app must also become the foreground process group
 before it runs a single instruction, or an early read from the terminal
-stops it with SIGTTIN.  posix_spawn cannot call ``tcsetpgrp`` in the child,
-so that one case forks, sets the foreground, and reports an exec failure
-over a close-on-exec pipe.
+stops it with SIGTTIN: the child calls ``tcsetpgrp`` itself, before exec.
 
 Exit statuses are owned here, in one place: nothing else in pidone calls
 ``waitpid`` (``subprocess`` and ``psutil.Process.wait`` would race with the
@@ -35,38 +37,27 @@ class SpawnError(Exception):
         self.argv0 = argv0
         self.errno = err
         # 127: not found; 126: found but not executable (permission, format, a directory).
-        self.exit_code = 127 if err == errno.ENOENT else 126
+        self.exit_code = 127 if err in (errno.ENOENT, errno.ENOTDIR) else 126
         super().__init__(f"cannot execute {argv0!r}: {os.strerror(err)}")
 
 
-def spawn(argv: tuple[str, ...], *, new_group: bool = True) -> int:
-    """Start ``argv`` (searched in PATH) with default signal handling and an empty mask."""
-    try:
-        return os.posix_spawnp(
-            argv[0],
-            list(argv),
-            os.environ,
-            setpgroup=0 if new_group else None,
-            setsigmask=(),
-            setsigdef=_DEFAULTED,
-        )
-    except OSError as exc:
-        raise SpawnError(argv[0], exc.errno or errno.ENOENT) from None
+def spawn(argv: tuple[str, ...], *, tty_fd: int | None = None) -> int:
+    """Start ``argv`` (searched in PATH) in a new process group, signals at default.
 
-
-def spawn_foreground(argv: tuple[str, ...], tty_fd: int) -> int:
-    """Start ``argv`` in a new process group that owns the terminal ``tty_fd``."""
+    With ``tty_fd``, the new group also becomes the terminal's foreground group.
+    """
     read_end, write_end = os.pipe()  # both close-on-exec
     pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the child, reported through the pipe
         try:
             os.close(read_end)
-            signal.set_wakeup_fd(-1)  # the pipe is the parent's event source
+            signal.set_wakeup_fd(-1)  # that pipe is the parent's event source
             os.setpgid(0, 0)
-            # We are in a background group until tcsetpgrp succeeds; SIGTTOU
-            # would stop us.  Ignore it for the call, then reset everything.
-            signal.signal(signal.SIGTTOU, signal.SIG_IGN)
-            os.tcsetpgrp(tty_fd, os.getpid())
+            if tty_fd is not None:
+                # We are in a background group until tcsetpgrp succeeds, and
+                # SIGTTOU would stop us: ignore it for the call.
+                signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+                os.tcsetpgrp(tty_fd, os.getpid())
             for signum in _DEFAULTED:
                 signal.signal(signum, signal.SIG_DFL)
             signal.pthread_sigmask(signal.SIG_SETMASK, ())
@@ -76,13 +67,14 @@ def spawn_foreground(argv: tuple[str, ...], tty_fd: int) -> int:
         finally:
             os._exit(127)
     os.close(write_end)
-    # Also from the parent, so signals to the group work even before the child runs.
+    # Also from the parent, so that a signal to the group cannot miss the
+    # child while it is still on its way to exec.
     try:
         os.setpgid(pid, pid)
     except OSError:
-        pass  # already exec'd (EACCES) or already exited: the child did it itself
+        pass  # already exec'd (EACCES): the child did it itself
     report = b""
-    while chunk := os.read(read_end, 16):
+    while chunk := os.read(read_end, 16):  # EOF when exec succeeded (close-on-exec)
         report += chunk
     os.close(read_end)
     if report:
