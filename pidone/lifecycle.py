@@ -212,9 +212,10 @@ class Shutdown:
     # -- transitions --------------------------------------------------------
 
     def _advance_drains(self, now: float) -> list[Action]:
-        assert self._delay_until is not None
-        if now < self._delay_until:
-            return []
+        if self._delay_until is not None:
+            if now < self._delay_until:
+                return []
+            self._delay_until = None  # the pre-stop delay is over
         if self._drain_deadline is not None:
             return []  # a drain is still running within its share
         drain_end = self.drain_end

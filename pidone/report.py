@@ -39,7 +39,7 @@ class Report:
             return "StartError"
         if self.oom:
             return "OOMKilled"
-        if shutdown.escalated:
+        if shutdown.forced or (shutdown.escalated and self.killed):
             return "Killed"
         if self.app_signal is not None:
             return "Signaled"

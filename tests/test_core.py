@@ -10,7 +10,7 @@ import time
 
 import psutil
 import pytest
-from conftest import PY, ROOT, app, wait_until
+from harness import PY, ROOT, app, wait_until
 
 pytestmark = pytest.mark.timeout(30)
 

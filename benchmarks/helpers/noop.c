@@ -1,0 +1,2 @@
+/* Round-trip probe: the smallest possible app, exits 0 immediately. */
+int main(void) { return 0; }
