@@ -6,6 +6,7 @@ the option and the value, with exit code 2, before anything is started.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -26,7 +27,7 @@ from pidone.config import (
 )
 
 
-class _Parsed(click.ParamType):
+class _Parsed(click.ParamType):  # type: ignore[type-arg]  # generic only in click's stubs
     """A click type backed by one of config's pure parsers."""
 
     # Repeatable options read from the environment split on newlines, not on
@@ -62,42 +63,100 @@ def _option(name: str, **kwargs: Any) -> Callable[[Any], Any]:
 
 
 @click.command(
-    context_settings={"allow_interspersed_args": False, "help_option_names": ["-h", "--help"],
-                      "max_content_width": 100},
+    context_settings={
+        "allow_interspersed_args": False,
+        "help_option_names": ["-h", "--help"],
+        "max_content_width": 100,
+    },
     no_args_is_help=False,
 )
-@_option("log-format", type=click.Choice(["auto", "json", "console"], case_sensitive=False),
-         default="auto", show_default=True,
-         help="auto: console when stderr is a terminal, else one JSON object per line.")
-@_option("log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), default="info",
-         show_default=True)
-@_option("signal-to", type=click.Choice(["child", "group"], case_sensitive=False),
-         default="child", show_default=True,
-         help="Forward signals to the app only, or to its whole process group.")
-@_option("remap-exit", type=REMAP, multiple=True, metavar="FROM:TO",
-         help="Replace exit code FROM by TO (repeatable; applied last).")
-@_option("shutdown-signal", type=SIGNAL, multiple=True, metavar="SIGNAL",
-         help="Signal that starts the graceful shutdown (repeatable)  [default: TERM]")
-@_option("stop-signal", type=SIGNAL, default="TERM", show_default=True, metavar="SIGNAL",
-         help="Signal sent to the app to stop it.")
-@_option("grace", type=DURATION, default="8", show_default=True, metavar="SECONDS",
-         help="Hard deadline, from the shutdown signal, for the delay, drains and the app's "
-              "stop; then everything left is SIGKILLed. 0: SIGKILL at once.")
-@_option("pre-stop-delay", type=DURATION, default="0", show_default=True, metavar="SECONDS",
-         help="Wait this long after the shutdown signal before draining (lets load "
-              "balancers deregister the container).")
-@_option("drain", type=COMMAND, multiple=True, metavar="COMMAND",
-         help="Command to run before the stop signal (repeatable, in order; split like a "
-              "shell, run without one).")
-@_option("drain-http", type=HTTP, multiple=True, metavar="[METHOD ]URL",
-         help="HTTP request to send before the stop signal, after the drain commands "
-              "(repeatable; 2xx/3xx is success).")
-@_option("termination-log", type=click.Path(dir_okay=False), default=None, metavar="PATH",
-         help="Write a short report here at exit  [default: /dev/termination-log when writable]")
+@_option(
+    "log-format",
+    type=click.Choice(["auto", "json", "console"], case_sensitive=False),
+    default="auto",
+    show_default=True,
+    help="auto: console when stderr is a terminal, else one JSON object per line.",
+)
+@_option(
+    "log-level",
+    type=click.Choice(LOG_LEVELS, case_sensitive=False),
+    default="info",
+    show_default=True,
+)
+@_option(
+    "signal-to",
+    type=click.Choice(["child", "group"], case_sensitive=False),
+    default="child",
+    show_default=True,
+    help="Forward signals to the app only, or to its whole process group.",
+)
+@_option(
+    "remap-exit",
+    type=REMAP,
+    multiple=True,
+    metavar="FROM:TO",
+    help="Replace exit code FROM by TO (repeatable; applied last).",
+)
+@_option(
+    "shutdown-signal",
+    type=SIGNAL,
+    multiple=True,
+    metavar="SIGNAL",
+    help="Signal that starts the graceful shutdown (repeatable)  [default: TERM]",
+)
+@_option(
+    "stop-signal",
+    type=SIGNAL,
+    default="TERM",
+    show_default=True,
+    metavar="SIGNAL",
+    help="Signal sent to the app to stop it.",
+)
+@_option(
+    "grace",
+    type=DURATION,
+    default="8",
+    show_default=True,
+    metavar="SECONDS",
+    help="Hard deadline, from the shutdown signal, for the delay, drains and the app's "
+    "stop; then everything left is SIGKILLed. 0: SIGKILL at once.",
+)
+@_option(
+    "pre-stop-delay",
+    type=DURATION,
+    default="0",
+    show_default=True,
+    metavar="SECONDS",
+    help="Wait this long after the shutdown signal before draining (lets load "
+    "balancers deregister the container).",
+)
+@_option(
+    "drain",
+    type=COMMAND,
+    multiple=True,
+    metavar="COMMAND",
+    help="Command to run before the stop signal (repeatable, in order; split like a "
+    "shell, run without one).",
+)
+@_option(
+    "drain-http",
+    type=HTTP,
+    multiple=True,
+    metavar="[METHOD ]URL",
+    help="HTTP request to send before the stop signal, after the drain commands "
+    "(repeatable; 2xx/3xx is success).",
+)
+@_option(
+    "termination-log",
+    type=click.Path(dir_okay=False),
+    default=None,
+    metavar="PATH",
+    help="Write a short report here at exit  [default: /dev/termination-log when writable]",
+)
 @click.version_option(__version__, "--version", prog_name="pidone", message="%(prog)s %(version)s")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED, metavar="[--] COMMAND [ARG]...")
 @click.pass_context
-def command(ctx: click.Context, **opts: Any) -> Config:
+def command(ctx: click.Context, /, **opts: Any) -> Config:
     """Run COMMAND as the app of a container, as its PID 1.
 
     Forwards signals, reaps zombies, passes out the app's exit code (128+N for
@@ -148,10 +207,8 @@ def main(args: Sequence[str] | None = None) -> NoReturn:
     from pidone import loop
 
     code = loop.main(config)
-    try:
+    with contextlib.suppress(OSError, ValueError):
         sys.stdout.flush()
-    except (OSError, ValueError):
-        pass
     # os._exit: no interpreter teardown to wait on (a drain thread may still
     # be stuck in a socket); every child is reaped already.
     os._exit(code)

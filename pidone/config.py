@@ -91,9 +91,10 @@ def parse_signal(text: str) -> int:
         name = raw.upper()
         if not name.startswith("SIG"):
             name = "SIG" + name
-        number = _signal_by_name(name)
-        if number is None:
+        found = _signal_by_name(name)
+        if found is None:
             raise ValueError(f"{text!r} is not a known signal name")
+        number = found
     if number in _UNCATCHABLE:
         raise ValueError(f"{signal.Signals(number).name} cannot be used here")
     return number

@@ -16,6 +16,7 @@ process and ends with pidone.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections import deque
 from dataclasses import dataclass
@@ -77,10 +78,8 @@ class HttpResults:
         def run() -> None:
             ok, detail = http_request(step, timeout)
             self._done.append((index, ok, detail))
-            try:
+            with contextlib.suppress(OSError):
                 os.write(self._write_fd, b"!")
-            except OSError:
-                pass
 
         threading.Thread(target=run, name=f"drain-{index}", daemon=True).start()
 
@@ -94,5 +93,3 @@ class HttpResults:
         while self._done:
             finished.append(self._done.popleft())
         return finished
-
-

@@ -12,7 +12,7 @@ pipe, and tells the loop that the SIGPIPE it is about to see was its own.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from typing import Any
 
 import structlog
@@ -46,9 +46,9 @@ class SafeStderr:
     log = debug = info = warn = warning = error = critical = exception = fatal = msg
 
 
-def _event_first(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+def _event_first(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> dict[str, Any]:
     """Put the stable keys first, so a line reads well and greps well."""
-    head = {key: event.pop(key) for key in ("timestamp", "level", "event") if key in event}
+    head: dict[str, Any] = {k: event.pop(k) for k in ("timestamp", "level", "event") if k in event}
     return {**head, **event}
 
 
@@ -81,4 +81,3 @@ def setup(fmt: LogFormat, level: str, on_broken_pipe: Callable[[], None]) -> Any
         cache_logger_on_first_use=True,
     )
     return structlog.get_logger()
-

@@ -120,12 +120,21 @@ class Supervisor:
             self._setup_reporting()
             self.report.start_error = str(exc)
             self.report.app_code = exc.exit_code
-            self.log.error("app_start_failed", argv=list(self.config.argv), error=str(exc),
-                           exit_code=exc.exit_code)
+            self.log.exception(
+                "app_start_failed",
+                argv=list(self.config.argv),
+                error=str(exc),
+                exit_code=exc.exit_code,
+            )
             return exc.exit_code
         self._setup_reporting()
-        self.log.info("app_started", pid=self.app_pid, argv=list(self.config.argv),
-                      pidone_pid=os.getpid(), foreground=tty is not None)
+        self.log.info(
+            "app_started",
+            pid=self.app_pid,
+            argv=list(self.config.argv),
+            pidone_pid=os.getpid(),
+            foreground=tty is not None,
+        )
         return None
 
     def _setup_reporting(self) -> None:
@@ -187,8 +196,12 @@ class Supervisor:
                 os.kill(self.app_pid, signum)
         except ProcessLookupError:
             return
-        self.log.debug("signal_forwarded", signal=signal_name(signum), pid=self.app_pid,
-                       to=self.config.signal_to)
+        self.log.debug(
+            "signal_forwarded",
+            signal=signal_name(signum),
+            pid=self.app_pid,
+            to=self.config.signal_to,
+        )
 
     def _on_shutdown_signal(self, signum: int) -> None:
         now = time.monotonic()
@@ -196,13 +209,20 @@ class Supervisor:
         if first:
             self.report.shutdown_signal = signum
         if self.shutdown.phase is Phase.RUNNING:
-            self.log.info("shutdown_started", signal=signal_name(signum), grace_s=self.config.grace,
-                          pre_stop_delay_s=self.config.pre_stop_delay,
-                          drains=[d.describe() for d in self.config.drains])
+            self.log.info(
+                "shutdown_started",
+                signal=signal_name(signum),
+                grace_s=self.config.grace,
+                pre_stop_delay_s=self.config.pre_stop_delay,
+                drains=[d.describe() for d in self.config.drains],
+            )
         elif self.shutdown.phase is not Phase.DONE:
-            self.log.warning("shutdown_signal_again", signal=signal_name(signum),
-                             phase=self.shutdown.phase.value,
-                             elapsed_s=round(self.shutdown.elapsed(now), 3))
+            self.log.warning(
+                "shutdown_signal_again",
+                signal=signal_name(signum),
+                phase=self.shutdown.phase.value,
+                elapsed_s=round(self.shutdown.elapsed(now), 3),
+            )
         self._feed(self.shutdown.on_shutdown_signal, now)
         if self.shutdown.forced:
             self.log.warning("shutdown_forced", elapsed_s=round(self.shutdown.elapsed(now), 3))
@@ -245,15 +265,21 @@ class Supervisor:
             if index in self.drain_started:
                 self._drain_done(index, ok, detail, now)
 
-    def _drain_done(self, index: int, ok: bool, detail: str, now: float,
-                    outcome: str | None = None) -> None:
+    def _drain_done(
+        self, index: int, ok: bool, detail: str, now: float, outcome: str | None = None
+    ) -> None:
         from pidone.hooks import DrainOutcome
 
         started = self.drain_started.pop(index)
         step = self.config.drains[index]
-        result = DrainOutcome(index, step.describe(), outcome or ("ok" if ok else "failed"),
-                              detail, started - (self.shutdown.started_at or started),
-                              now - started)
+        result = DrainOutcome(
+            index,
+            step.describe(),
+            outcome or ("ok" if ok else "failed"),
+            detail,
+            started - (self.shutdown.started_at or started),
+            now - started,
+        )
         self.report.drains.append(result)
         log = self.log.info if result.outcome == "ok" else self.log.warning
         log("drain_finished" if result.outcome == "ok" else "drain_failed", **result.as_dict())
@@ -263,9 +289,13 @@ class Supervisor:
         now = time.monotonic()
         step = self.config.drains[index]
         self.drain_started[index] = now
-        self.log.info("drain_started", step=step.describe(), index=index,
-                      budget_s=round(deadline - now, 3),
-                      elapsed_s=round(self.shutdown.elapsed(now), 3))
+        self.log.info(
+            "drain_started",
+            step=step.describe(),
+            index=index,
+            budget_s=round(deadline - now, 3),
+            elapsed_s=round(self.shutdown.elapsed(now), 3),
+        )
         if isinstance(step, ExecDrain):
             try:
                 pid = spawn.spawn(step.argv)
@@ -290,8 +320,9 @@ class Supervisor:
                 del self.drain_pids[pid]  # its exit is reaped as an orphan
         if index in self.drain_started:
             now = time.monotonic()
-            self._drain_done(index, False, "ran out of its share of the grace", now,
-                             outcome="timed_out")
+            self._drain_done(
+                index, False, "ran out of its share of the grace", now, outcome="timed_out"
+            )
 
     # -- actions ----------------------------------------------------------------
 
@@ -306,10 +337,13 @@ class Supervisor:
         shutdown = self.shutdown
         if shutdown.phase is Phase.DONE:
             return
-        self.log.info("phase_entered", phase=shutdown.phase.value,
-                      elapsed_s=round(shutdown.elapsed(now), 3),
-                      deadline_s=round((shutdown.deadline or now) - now, 3),
-                      cause=shutdown.cause)
+        self.log.info(
+            "phase_entered",
+            phase=shutdown.phase.value,
+            elapsed_s=round(shutdown.elapsed(now), 3),
+            deadline_s=round((shutdown.deadline or now) - now, 3),
+            cause=shutdown.cause,
+        )
 
     def _act(self, actions: list[Action]) -> None:
         for action in actions:
@@ -318,8 +352,12 @@ class Supervisor:
             elif isinstance(action, CancelDrain):
                 self._cancel_drain(action.index)
             elif isinstance(action, SignalApp):
-                self.log.info("stop_signal_sent", signal=signal_name(action.signum),
-                              pid=self.app_pid, to=self.config.signal_to)
+                self.log.info(
+                    "stop_signal_sent",
+                    signal=signal_name(action.signum),
+                    pid=self.app_pid,
+                    to=self.config.signal_to,
+                )
                 self._signal_app(action.signum)
             elif isinstance(action, SignalRest):
                 self._signal_rest(action.signum)
@@ -344,8 +382,9 @@ class Supervisor:
 
         rest = tree.descendants()
         if rest:
-            self.log.info("leftovers_signalled", signal=signal_name(signum), count=len(rest),
-                          pids=rest[:50])
+            self.log.info(
+                "leftovers_signalled", signal=signal_name(signum), count=len(rest), pids=rest[:50]
+            )
             tree.signal_rest(signum)
         # Exits that happened before the signal left no SIGCHLD to wait for.
         self._reap()
@@ -357,12 +396,17 @@ class Supervisor:
         alive = tree.lingering()
         self.report.killed = alive
         for info in alive[:50]:
-            self.log.warning("process_killed", pid=info.pid, cmdline=info.cmdline[:500],
-                             age_s=info.age_s)
+            self.log.warning(
+                "process_killed", pid=info.pid, cmdline=info.cmdline[:500], age_s=info.age_s
+            )
         if len(alive) > 50:
             self.log.warning("process_killed_more", count=len(alive) - 50)
-        self.log.warning("escalated", count=len(alive), elapsed_s=round(self.shutdown.elapsed(now), 3),
-                         forced=self.shutdown.forced)
+        self.log.warning(
+            "escalated",
+            count=len(alive),
+            forced=self.shutdown.forced,
+            elapsed_s=round(self.shutdown.elapsed(now), 3),
+        )
         for pid in list(self.drain_pids):
             tree.kill_tree(pid)
         tree.kill_all()

@@ -22,6 +22,7 @@ reaper for the same children).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import signal
@@ -69,10 +70,8 @@ def spawn(argv: tuple[str, ...], *, tty_fd: int | None = None) -> int:
     os.close(write_end)
     # Also from the parent, so that a signal to the group cannot miss the
     # child while it is still on its way to exec.
-    try:
+    with contextlib.suppress(OSError):  # already exec'd (EACCES): the child did it itself
         os.setpgid(pid, pid)
-    except OSError:
-        pass  # already exec'd (EACCES): the child did it itself
     report = b""
     while chunk := os.read(read_end, 16):  # EOF when exec succeeded (close-on-exec)
         report += chunk

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from harness import Pidone
 
+
 @pytest.fixture(params=["pid1", "subreaper"])
 def mode(request: pytest.FixtureRequest) -> str:
     if request.param == "pid1" and (os.geteuid() != 0 or not shutil.which("unshare")):
@@ -30,5 +31,3 @@ def run(mode: str) -> Iterator[Any]:
     for p in started:
         if p.proc.poll() is None:
             p.destroy()
-
-

@@ -8,6 +8,7 @@ the processes say, never on sleeps.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -25,8 +26,9 @@ ROOT = Path(__file__).resolve().parent.parent
 APPS = Path(__file__).resolve().parent / "apps"
 PY = sys.executable
 
-needs_root = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"),
-                                reason="PID namespaces need root and unshare")
+needs_root = pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("unshare"), reason="PID namespaces need root and unshare"
+)
 
 
 def app(name: str, *args: str) -> list[str]:
@@ -80,8 +82,9 @@ class Pidone:
         env.update(popen.pop("env", {}))
         popen.setdefault("stdin", subprocess.DEVNULL)
         self.started = time.monotonic()
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     env=env, **popen)
+        self.proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, **popen
+        )
         self.out = Lines(self.proc.stdout)
         self.err = Lines(self.proc.stderr)
         self._pid: int | None = None
@@ -120,11 +123,7 @@ class Pidone:
         return code
 
     def events(self) -> list[dict[str, Any]]:
-        found = []
-        for line in self.err.lines:
-            if line.startswith("{"):
-                found.append(json.loads(line))
-        return found
+        return [json.loads(line) for line in self.err.lines if line.startswith("{")]
 
     def event(self, name: str) -> dict[str, Any]:
         matches = [e for e in self.events() if e["event"] == name]
@@ -144,17 +143,17 @@ class Pidone:
 
     def destroy(self) -> None:
         for proc in [*self.descendants(), psutil.Process(self.proc.pid)]:
-            try:
+            with contextlib.suppress(psutil.Error):
                 proc.kill()
-            except psutil.Error:
-                pass
         self.proc.wait(5)
 
 
 def processes_with(marker: str) -> list[psutil.Process]:
-    """Processes anywhere on the machine whose command line contains ``marker``."""
+    """Live processes anywhere on the machine whose command line contains ``marker``."""
     found = []
-    for proc in psutil.process_iter(["cmdline"]):
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        if proc.info["status"] == psutil.STATUS_ZOMBIE:
+            continue
         if marker in " ".join(proc.info["cmdline"] or ()):
             found.append(proc)
     return found
@@ -165,5 +164,3 @@ def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.01) ->
     while not predicate():
         assert time.monotonic() < deadline, "condition not reached in time"
         time.sleep(interval)
-
-

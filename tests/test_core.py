@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-
 import time
 
 import psutil
@@ -60,8 +59,13 @@ def test_stdio_env_and_cwd_reach_the_app_untouched(run, tmp_path):
         "print('env=' + os.environ['PIDONE_TEST_VAR']); print('cwd=' + os.getcwd()); "
         "print('err-line', file=sys.stderr)"
     )
-    p = run([], [PY, "-c", script], stdin=subprocess.PIPE, cwd=tmp_path,
-            env={"PIDONE_TEST_VAR": "va lue"})
+    p = run(
+        [],
+        [PY, "-c", script],
+        stdin=subprocess.PIPE,
+        cwd=tmp_path,
+        env={"PIDONE_TEST_VAR": "va lue"},
+    )
     p.proc.stdin.write(b"hello stdin")
     p.proc.stdin.close()
     assert p.wait() == 0
@@ -71,19 +75,40 @@ def test_stdio_env_and_cwd_reach_the_app_untouched(run, tmp_path):
 
 def test_argv_is_passed_untouched(run, tmp_path):
     out = tmp_path / "argv"
-    dump = ("import os, sys; open(sys.argv[1], 'wb').write("
-            "b'\\0'.join(os.fsencode(a) for a in sys.argv[2:]))")
+    dump = (
+        "import os, sys; open(sys.argv[1], 'wb').write("
+        "b'\\0'.join(os.fsencode(a) for a in sys.argv[2:]))"
+    )
     args = [b"--grace", b"-5", b"--", b"x" * 100_000, b"\xff\xfe not utf-8", b""]
     p = run([], [PY, "-c", dump, str(out), *[os.fsdecode(a) for a in args]])
     assert p.wait() == 0
     assert out.read_bytes() == b"\0".join(args)
 
 
-FORWARDED = [signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2,
-             signal.SIGWINCH, signal.SIGALRM, signal.SIGCONT, signal.SIGPWR, signal.SIGURG,
-             signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGXCPU, signal.SIGVTALRM,
-             signal.SIGPROF, signal.SIGIO, signal.SIGABRT, signal.SIGSTKFLT,
-             signal.SIGRTMIN, signal.SIGRTMIN + 5, signal.SIGRTMAX]
+FORWARDED = [
+    signal.SIGHUP,
+    signal.SIGINT,
+    signal.SIGQUIT,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+    signal.SIGWINCH,
+    signal.SIGALRM,
+    signal.SIGCONT,
+    signal.SIGPWR,
+    signal.SIGURG,
+    signal.SIGTSTP,
+    signal.SIGTTIN,
+    signal.SIGTTOU,
+    signal.SIGXCPU,
+    signal.SIGVTALRM,
+    signal.SIGPROF,
+    signal.SIGIO,
+    signal.SIGABRT,
+    signal.SIGSTKFLT,
+    signal.SIGRTMIN,
+    signal.SIGRTMIN + 5,
+    signal.SIGRTMAX,
+]
 
 
 def test_every_catchable_signal_reaches_the_app_once(run):
@@ -94,8 +119,12 @@ def test_every_catchable_signal_reaches_the_app_once(run):
         p.kill(signum)
         p.out.wait_for("signal ", count=count)
     received = [line.split()[1] for line in p.out.lines if line.startswith("signal ")]
-    names = [signal.Signals(s).name if s in signal.Signals._value2member_map_
-             else f"SIGRTMIN+{s - signal.SIGRTMIN}" for s in sent]
+    names = [
+        signal.Signals(s).name
+        if s in signal.Signals._value2member_map_
+        else f"SIGRTMIN+{s - signal.SIGRTMIN}"
+        for s in sent
+    ]
     assert received == names
     assert p.wait() == 0
     # pidone itself never stopped on TSTP/TTIN/TTOU: it went on to forward the rest.
@@ -103,8 +132,7 @@ def test_every_catchable_signal_reaches_the_app_once(run):
 
 def test_signal_to_group_reaches_the_apps_children(run, tmp_path):
     log = tmp_path / "log"
-    script = (f"{PY} {app('recorder')[1]} --log {log} & "
-              f"{PY} {app('recorder')[1]} --log {log} & wait")
+    script = f"{PY} {app('recorder')[1]} --log {log} & {PY} {app('recorder')[1]} --log {log} & wait"
     p = run(["--signal-to", "group", "--shutdown-signal", "USR2"], ["sh", "-c", script])
     p.out.wait_for("ready", count=2)
     p.kill(signal.SIGHUP)
@@ -173,14 +201,21 @@ def test_app_is_started_before_structlog_and_psutil_are_imported(tmp_path):
         "import sys\n"
         "def hook(event, args):\n"
         "    if event in ('os.posix_spawn', 'os.fork'):\n"
-        "        heavy = sorted(m for m in ('structlog', 'psutil', 'asyncio') if m in sys.modules)\n"
+        "        mods = ('structlog', 'psutil', 'asyncio')\n"
+        "        heavy = sorted(m for m in mods if m in sys.modules)\n"
         "        sys.stderr.write(f'AT-SPAWN {heavy}\\n')\n"
         "sys.addaudithook(hook)\n"
         "sys.argv = ['pidone', '--', 'true']\n"
         "import runpy; runpy.run_module('pidone', run_name='__main__')\n"
     )
-    done = subprocess.run([PY, "-c", probe], capture_output=True, text=True, timeout=20,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)}, check=False)
+    done = subprocess.run(
+        [PY, "-c", probe],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     assert "AT-SPAWN []" in done.stderr.splitlines()
 
@@ -189,9 +224,11 @@ def test_terminal_app_gets_its_own_foreground_group_and_ctrl_c(tmp_path):
     """With a tty, the app owns the terminal: job control and Ctrl-C work as without an init."""
     import pty
 
-    script = ("import os, sys, time; "
-              "print('fg' if os.tcgetpgrp(0) == os.getpgrp() == os.getpid() else 'not-fg', "
-              "flush=True); time.sleep(30)")
+    script = (
+        "import os, sys, time; "
+        "print('fg' if os.tcgetpgrp(0) == os.getpgrp() == os.getpid() else 'not-fg', "
+        "flush=True); time.sleep(30)"
+    )
     pid, master = pty.fork()
     if pid == 0:  # the child of pty.fork has the pty as controlling terminal
         os.environ["PYTHONPATH"] = str(ROOT)
@@ -220,9 +257,14 @@ def test_terminal_app_gets_its_own_foreground_group_and_ctrl_c(tmp_path):
 )
 def test_bad_option_is_one_line_exit_2_and_app_never_starts(tmp_path, args, fragment):
     marker = tmp_path / "started"
-    done = subprocess.run([PY, "-m", "pidone", *args[:-1], "touch", str(marker)],
-                          capture_output=True, text=True, timeout=20, check=False,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    done = subprocess.run(
+        [PY, "-m", "pidone", *args[:-1], "touch", str(marker)],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=False,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, lines
@@ -231,8 +273,14 @@ def test_bad_option_is_one_line_exit_2_and_app_never_starts(tmp_path, args, frag
 
 
 def test_no_command_prints_usage_and_exits_2():
-    done = subprocess.run([PY, "-m", "pidone"], capture_output=True, text=True, timeout=20,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)}, check=False)
+    done = subprocess.run(
+        [PY, "-m", "pidone"],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        check=False,
+    )
     assert done.returncode == 2
     assert "Usage:" in done.stderr
 
@@ -240,8 +288,9 @@ def test_no_command_prints_usage_and_exits_2():
 def test_environment_sets_options_and_command_line_wins(run):
     p = run([], [PY, "-c", "raise SystemExit(3)"], env={"PIDONE_REMAP_EXIT": "3:7"})
     assert p.wait() == 7
-    p = run(["--remap-exit", "3:9"], [PY, "-c", "raise SystemExit(3)"],
-            env={"PIDONE_REMAP_EXIT": "3:7"})
+    p = run(
+        ["--remap-exit", "3:9"], [PY, "-c", "raise SystemExit(3)"], env={"PIDONE_REMAP_EXIT": "3:7"}
+    )
     assert p.wait() == 9
 
 
@@ -264,10 +313,22 @@ def test_json_log_lines_carry_event_level_and_utc_timestamp(run):
 
 def test_version_and_help():
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    version = subprocess.run([PY, "-m", "pidone", "--version"], capture_output=True, text=True,
-                             timeout=20, env=env, check=True)
+    version = subprocess.run(
+        [PY, "-m", "pidone", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        env=env,
+        check=True,
+    )
     assert version.stdout.startswith("pidone ")
-    helptext = subprocess.run([PY, "-m", "pidone", "--help"], capture_output=True, text=True,
-                              timeout=20, env=env, check=True)
+    helptext = subprocess.run(
+        [PY, "-m", "pidone", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        env=env,
+        check=True,
+    )
     assert "PIDONE_GRACE" in helptext.stdout
     assert "--signal-to" in helptext.stdout

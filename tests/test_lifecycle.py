@@ -96,7 +96,8 @@ def test_second_shutdown_signal_forces_the_end():
     s = Shutdown(grace=10, stop_signal=TERM, drain_count=1)
     s.on_shutdown_signal(0.0)
     assert s.on_shutdown_signal(1.0) == [CancelDrain(0), KillAll()]
-    assert s.forced and s.phase is Phase.KILLING
+    assert s.forced
+    assert s.phase is Phase.KILLING
 
 
 def test_grace_zero_kills_at_once_without_drains():
@@ -163,25 +164,28 @@ EVENTS = st.lists(
     drains=st.integers(min_value=0, max_value=4),
     events=EVENTS,
 )
-def test_no_event_sequence_breaks_the_budget(grace, delay, drains, events):
+def test_no_event_sequence_breaks_the_budget(grace, delay, drains, events):  # noqa: C901
     """Whatever happens, waits are never negative and nothing is scheduled past the end."""
     s = Shutdown(grace=grace, stop_signal=TERM, drain_count=drains, pre_stop_delay=delay)
     now = 0.0
     for kind, step, index in events:
         now += step
-        handler = {
-            "signal": lambda: s.on_shutdown_signal(now),
-            "app_exit": lambda: s.on_app_exit(now),
-            "drain_done": lambda: s.on_drain_done(now, index),  # noqa: B023
-            "nothing_left": lambda: s.on_nothing_left(now),
-            "deadline": lambda: s.on_deadline(max(now, s.next_deadline() or now)),
-        }[kind]
         if kind == "deadline" and s.next_deadline() is not None:
             now = max(now, s.next_deadline())
-        actions = handler()
+        if kind == "signal":
+            actions = s.on_shutdown_signal(now)
+        elif kind == "app_exit":
+            actions = s.on_app_exit(now)
+        elif kind == "drain_done":
+            actions = s.on_drain_done(now, index)
+        elif kind == "nothing_left":
+            actions = s.on_nothing_left(now)
+        else:
+            actions = s.on_deadline(now)
         for action in actions:
             if isinstance(action, RunDrain):
-                assert s.started_at is not None and s.deadline is not None
+                assert s.started_at is not None
+                assert s.deadline is not None
                 assert now <= action.deadline <= s.deadline - app_reserve(grace) + 1e-9
         nxt = s.next_deadline()
         if nxt is not None and s.phase is not Phase.KILLING:

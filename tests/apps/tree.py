@@ -36,6 +36,7 @@ def worker(mode: str, ready_w: int) -> None:
     if mode in ("stubborn", "daemon"):
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
     else:
+
         def on_term(*_: object) -> None:
             time.sleep(args.cleanup)
             if args.marker:
