@@ -1,3 +1,3 @@
-from pidone.cli import main
+from pidone.main import main
 
 main()

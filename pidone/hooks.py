@@ -53,11 +53,18 @@ def http_request(step: HttpDrain, timeout: float) -> tuple[bool, str]:
     path = url.path or "/"
     if url.query:
         path += "?" + url.query
-    conn = conn_type(url.hostname or "", url.port, timeout=max(timeout, 0.001))
+    try:
+        conn = conn_type(url.hostname or "", url.port, timeout=max(timeout, 0.001))
+    except Exception as exc:
+        return False, f"{type(exc).__name__}: {exc}"
     try:
         conn.request(step.method, path, headers={"User-Agent": "pidone-drain"})
         status = conn.getresponse().status
-    except (OSError, http.client.HTTPException) as exc:
+    # Not just OSError and HTTPException: a non-ASCII path raises
+    # UnicodeEncodeError, a huge timeout OverflowError. Whatever it is, the
+    # drain failed; a dying thread would only print a traceback and leave
+    # the loop waiting for the drain's whole share.
+    except Exception as exc:
         return False, f"{type(exc).__name__}: {exc}"
     finally:
         conn.close()

@@ -149,6 +149,9 @@ class Shutdown:
             self.cause = "signal"
             if self.grace <= 0:
                 return self._kill(now)
+            if self.pre_stop_delay <= 0 and self.drain_count == 0:
+                self._enter(Phase.STOPPING, now)  # nothing to drain: no empty phase
+                return [SignalApp(self.stop_signal)]
             self._enter(Phase.DRAINING, now)
             self._delay_until = now + min(self.pre_stop_delay, self.grace - app_reserve(self.grace))
             return self._advance_drains(now)

@@ -12,10 +12,10 @@ pipe, and tells the loop that the SIGPIPE it is about to see was its own.
 from __future__ import annotations
 
 import os
+import sys
+import types
 from collections.abc import Callable, MutableMapping
 from typing import Any
-
-import structlog
 
 from pidone.config import LogFormat
 
@@ -61,7 +61,33 @@ def use_console(fmt: LogFormat) -> bool:
     return fmt == "console"
 
 
+class _DeferredModule(types.ModuleType):
+    """A stand-in that imports the real module on first attribute access.
+
+    ``structlog.stdlib`` imports asyncio at its top but only uses it inside
+    its async logging methods, which pidone never calls.  asyncio (with ssl
+    and concurrent.futures behind it) is about half of structlog's import
+    time and 11 MB of pidone's resident memory.  Should anything ever touch
+    it, the real module is loaded then and takes this one's place.
+    """
+
+    def __getattr__(self, attr: str) -> Any:
+        del sys.modules[self.__name__]
+        real = __import__(self.__name__)
+        sys.modules[self.__name__] = real
+        return getattr(real, attr)
+
+
+def _import_structlog() -> Any:
+    if "asyncio" not in sys.modules:
+        sys.modules["asyncio"] = _DeferredModule("asyncio")
+    import structlog
+
+    return structlog
+
+
 def setup(fmt: LogFormat, level: str, on_broken_pipe: Callable[[], None]) -> Any:
+    structlog = _import_structlog()
     console = use_console(fmt)
     renderer: Any = (
         structlog.dev.ConsoleRenderer(colors=False, sort_keys=False)

@@ -1,14 +1,12 @@
 """The event loop: one selector, one blocking call, every event in one place.
 
-Signals arrive through ``signal.set_wakeup_fd``: every catchable signal has
-a (no-op) Python handler, and the C-level handler writes the signal's number
-as one byte into a pipe that the selector watches.  That gives each signal,
-in order, without ``sigtimedwait`` (which could not also wait on sockets and
-pipes).  SIGCHLD arrives the same way and triggers the reaper.
+Signals arrive as bytes on a pipe (see :mod:`pidone.signals`, which sets
+that up before the app is started); this module takes over once the app
+runs.  SIGCHLD arrives the same way and triggers the reaper.
 
-The loop blocks in exactly one place, ``selector.select(timeout)``, where the
-timeout is the shutdown machine's next deadline, or ``None`` while nothing
-is scheduled: an idle pidone makes no system call at all.
+The loop blocks in exactly one place, ``selector.select(timeout)``, where
+the timeout is the shutdown machine's next deadline, or ``None`` while
+nothing is scheduled: an idle pidone makes no system call at all.
 
 Where does SIGTERM go?  Here it is recognised as a shutdown signal and fed
 to :class:`pidone.lifecycle.Shutdown`; the actions it returns are carried out
@@ -39,52 +37,16 @@ from pidone.lifecycle import (
     SignalRest,
 )
 
-PR_SET_CHILD_SUBREAPER = 36
-
-# Never forwarded: SIGCHLD is pidone's own business; the synchronous fault
-# signals only ever mean a bug in pidone itself and keep their default action.
-_NOT_FORWARDED = {
-    signal.SIGKILL,
-    signal.SIGSTOP,
-    signal.SIGCHLD,
-    signal.SIGSEGV,
-    signal.SIGBUS,
-    signal.SIGILL,
-    signal.SIGFPE,
-    signal.SIGTRAP,
-    signal.SIGSYS,
-}
-FORWARDED = sorted(set(signal.valid_signals()) - _NOT_FORWARDED)
-
-
-def _ignore_signal(_signum: int, _frame: object) -> None:
-    """The wakeup fd carries the signal; the Python-level handler has nothing to do."""
-
-
-def become_subreaper() -> None:
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-
-
-def foreground_tty() -> int | None:
-    """fd 0 when it is a terminal whose foreground group is ours, else None."""
-    try:
-        if os.isatty(0) and os.tcgetpgrp(0) == os.getpgrp():
-            return 0
-    except OSError:
-        pass
-    return None
-
+# The longest single wait: select() refuses timeouts past the platform's
+# limits (a --grace of 1e10 s is finite, valid, and would overflow it); a
+# capped wait just wakes up early and recomputes.
+MAX_WAIT = 86400.0
 
 class Supervisor:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, wake_fd: int) -> None:
         self.config = config
         self.selector = selectors.DefaultSelector()
-        self.wake_r, self.wake_w = os.pipe()
-        os.set_blocking(self.wake_r, False)
-        os.set_blocking(self.wake_w, False)
+        self.wake_r = wake_fd
         self.selector.register(self.wake_r, selectors.EVENT_READ)
         self.app_pid: int | None = None
         self.shutdown = Shutdown(
@@ -102,40 +64,40 @@ class Supervisor:
         self.http: Any = None
         self.oom_before: int | None = None
         self.done = False
+        # SIGCHLD and the shutdown signals must never be lost.  The wakeup pipe
+        # drops bytes once full (a storm of forwarded signals the loop has not
+        # drained yet), so these are taken by a recording handler; their bytes
+        # only wake the loop up.  See _take_critical_signals.
+        self.critical = frozenset({signal.SIGCHLD, *config.shutdown_signals})
+        self.pending: list[int] = []
+        self.early = self._take_critical_signals()
 
     # -- start ----------------------------------------------------------------
 
-    def install_signals(self) -> None:
-        signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
-        for signum in (*FORWARDED, signal.SIGCHLD):
-            signal.signal(signum, _ignore_signal)
-        signal.pthread_sigmask(signal.SIG_SETMASK, ())
-
-    def start_app(self) -> int | None:
-        """Launch the app; return an exit code if it could not be started."""
-        tty = foreground_tty()
-        try:
-            self.app_pid = spawn.spawn(self.config.argv, tty_fd=tty)
-        except spawn.SpawnError as exc:
-            self._setup_reporting()
-            self.report.start_error = str(exc)
-            self.report.app_code = exc.exit_code
-            self.log.exception(
-                "app_start_failed",
-                argv=list(self.config.argv),
-                error=str(exc),
-                exit_code=exc.exit_code,
-            )
-            return exc.exit_code
+    def started(self, app_pid: int, foreground: bool) -> None:
+        self.app_pid = app_pid
         self._setup_reporting()
         self.log.info(
             "app_started",
-            pid=self.app_pid,
+            pid=app_pid,
             argv=list(self.config.argv),
             pidone_pid=os.getpid(),
-            foreground=tty is not None,
+            foreground=foreground,
         )
-        return None
+
+    def start_failed(self, exc: spawn.SpawnError) -> int:
+        self._setup_reporting()
+        self.report.start_error = str(exc)
+        self.report.app_code = exc.exit_code
+        self.log.error(
+            "app_start_failed",
+            argv=list(self.config.argv),
+            error=str(exc),
+            exit_code=exc.exit_code,
+        )
+        from pidone import report
+
+        return self.conclude(time.monotonic(), report)
 
     def _setup_reporting(self) -> None:
         # Everything imported here costs start-up time, so it happens after the
@@ -152,37 +114,70 @@ class Supervisor:
     # -- the loop ---------------------------------------------------------------
 
     def run(self) -> int:
+        self._dispatch(self.early, early=True)
         while not self.done:
             timeout = None
             deadline = self.shutdown.next_deadline()
             if deadline is not None:
-                timeout = max(0.0, deadline - time.monotonic())
+                timeout = min(MAX_WAIT, max(0.0, deadline - time.monotonic()))
             events = self.selector.select(timeout)
             for key, _ in events:
                 if key.fd == self.wake_r:
                     self._on_signals()
                 elif self.http is not None and key.fd == self.http.read_fd:
                     self._on_http_results()
+            if self.pending:  # recorded, but its byte was read in an earlier batch
+                self._dispatch(b"")
             deadline = self.shutdown.next_deadline()
             if deadline is not None and time.monotonic() >= deadline:
                 self._act(self.shutdown.on_deadline(time.monotonic()))
         return self._finish()
 
+    def _take_critical_signals(self) -> bytes:
+        """Swap in the recording handler; return the bytes that arrived before it.
+
+        With the critical signals blocked, every one delivered so far has left
+        its byte in the pipe (read here, and handled as a byte), and every one
+        delivered later goes to :meth:`_record`: none counted twice, none lost.
+        """
+        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, self.critical)
+        try:
+            early = b""
+            with contextlib.suppress(BlockingIOError):
+                while chunk := os.read(self.wake_r, 4096):
+                    early += chunk
+            for signum in self.critical:
+                signal.signal(signum, self._record)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+        return early
+
+    def _record(self, signum: int, _frame: object) -> None:
+        self.pending.append(signum)
+
     def _on_signals(self) -> None:
         try:
             data = os.read(self.wake_r, 4096)
         except BlockingIOError:
-            return
+            data = b""
+        self._dispatch(data)
+
+    def _dispatch(self, data: bytes, *, early: bool = False) -> None:
         reap = False
+        pending, self.pending = self.pending, []
+        critical = [s for s in data if early and s in self.critical] + pending
         for signum in data:
-            if signum == signal.SIGCHLD:
-                reap = True
-            elif signum in self.config.shutdown_signals:
-                self._on_shutdown_signal(signum)
-            elif signum == signal.SIGPIPE and self.self_sigpipes:
+            if signum in self.critical:
+                continue  # recorded by _record (or in ``critical`` when early)
+            if signum == signal.SIGPIPE and self.self_sigpipes:
                 self.self_sigpipes -= 1  # our own stderr broke; not the app's business
             else:
                 self._forward(signum)
+        for signum in critical:
+            if signum == signal.SIGCHLD:
+                reap = True
+            else:
+                self._on_shutdown_signal(signum)
         if reap:
             self._reap()
 
@@ -441,17 +436,12 @@ class Supervisor:
         return code
 
 
-def main(config: Config) -> int:
-    """Run the app under supervision and return pidone's exit code."""
-    sup = Supervisor(config)
-    if os.getpid() != 1:
-        become_subreaper()
-    sup.install_signals()
-    failed = sup.start_app()
-    if failed is not None:
-        from pidone import report
-
-        return sup.conclude(time.monotonic(), report)
+def supervise(config: Config, wake_fd: int, app: int | spawn.SpawnError, foreground: bool) -> int:
+    """Supervise the started app (or report why it could not start); the exit code."""
+    sup = Supervisor(config, wake_fd)
+    if isinstance(app, spawn.SpawnError):
+        return sup.start_failed(app)
+    sup.started(app, foreground)
     try:
         return sup.run()
     except Exception as exc:  # the last resort: keep the promise, never orphan anything

@@ -26,7 +26,7 @@ import contextlib
 import errno
 import os
 import signal
-from dataclasses import dataclass
+from typing import NamedTuple
 
 _DEFAULTED = frozenset(signal.valid_signals()) - {signal.SIGKILL, signal.SIGSTOP}
 
@@ -82,8 +82,7 @@ def spawn(argv: tuple[str, ...], *, tty_fd: int | None = None) -> int:
     return pid
 
 
-@dataclass(frozen=True)
-class Exit:
+class Exit(NamedTuple):
     pid: int
     status: int
 

@@ -10,6 +10,7 @@ import signal
 import socket
 import threading
 import time
+import uuid
 
 import pytest
 from harness import app, processes_with
@@ -191,7 +192,8 @@ def test_grandchild_needing_time_to_clean_up_is_waited_for(run, tmp_path):
 
 @pytest.mark.parametrize("worker", ["stubborn", "daemon"])
 def test_leftover_ignoring_term_is_killed_at_the_deadline(run, worker):
-    p = run(["--grace", "1.5"], app("tree", "--worker", worker))
+    tag = uuid.uuid4().hex
+    p = run(["--grace", "1.5"], app("tree", "--worker", worker, "--tag", tag))
     line = p.out.wait_for("ready")
     p.err.wait_for("app_started")
     worker_pid = int(line.split()[-1])
@@ -201,18 +203,19 @@ def test_leftover_ignoring_term_is_killed_at_the_deadline(run, worker):
     final = p.final()
     assert final["reason"] == "Killed"
     assert worker_pid in [k["pid"] for k in final["killed"]] or p.mode == "pid1"
-    assert processes_with(f"--worker {worker}") == []
+    assert processes_with(tag) == []
 
 
 def test_leftovers_of_an_app_that_exits_on_its_own_get_the_grace_then_sigkill(run):
-    p = run(["--grace", "1"], app("tree", "--worker", "stubborn", "--exit-now", "3"))
+    tag = uuid.uuid4().hex
+    p = run(["--grace", "1"], app("tree", "--worker", "stubborn", "--exit-now", "3", "--tag", tag))
     p.out.wait_for("ready")
     assert p.wait() == 3
     final = p.final()
     assert final["cause"] == "app_exit"
     assert final["reason"] == "Killed"
     assert abs(final["duration_s"] - 1.0) <= TOL
-    assert processes_with("--worker stubborn --exit-now") == []
+    assert processes_with(tag) == []
 
 
 def test_second_shutdown_signal_forces_the_end(run):

@@ -25,6 +25,7 @@ parser.add_argument("--cleanup", type=float, default=1.0)
 parser.add_argument("--marker")
 parser.add_argument("--exit-now", type=int)
 parser.add_argument("--ignore-term", action="store_true")
+parser.add_argument("--tag", help="ignored: lets a test find its own processes")
 args = parser.parse_args()
 
 

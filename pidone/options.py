@@ -1,0 +1,149 @@
+"""The option table, and the lean parser that handles the everyday command line.
+
+Every option is declared once, here.  :mod:`pidone.cli` turns the table into
+the click command that owns ``--help``, ``--version`` and every error message.
+But ``import click`` alone costs about 20 ms, paid before the app can start,
+so the common case, a well-formed command line, is parsed here instead, with
+the same parsers and the same rules.  Anything this parser is not sure about
+(an unknown option, a bad value, ``--help``, no COMMAND) makes it step aside
+and click parses the whole command line again, so every message a user sees
+comes from click.  tests/test_options.py checks that both agree on whatever
+the lean parser accepts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+from pidone.config import (
+    LOG_LEVELS,
+    Config,
+    parse_choice,
+    parse_duration,
+    parse_exec_drain,
+    parse_http_drain,
+    parse_path,
+    parse_remap,
+    parse_signal,
+)
+
+
+class Option(NamedTuple):
+    name: str
+    parse: Callable[[str], Any]
+    metavar: str
+    help: str
+    default: str | None = None  # raw text, parsed like a user's value
+    multiple: bool = False
+
+    @property
+    def envvar(self) -> str:
+        return "PIDONE_" + self.name.upper().replace("-", "_")
+
+    @property
+    def key(self) -> str:
+        return self.name.replace("-", "_")
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("log-format", parse_choice("auto", "json", "console"), "auto|json|console",
+           "auto: console when stderr is a terminal, else one JSON object per line.", "auto"),
+    Option("log-level", parse_choice(*LOG_LEVELS), "|".join(LOG_LEVELS),
+           "Least severe level written.", "info"),
+    Option("signal-to", parse_choice("child", "group"), "child|group",
+           "Forward signals to the app only, or to its whole process group.", "child"),
+    Option("remap-exit", parse_remap, "FROM:TO",
+           "Replace exit code FROM by TO (repeatable; applied last).", multiple=True),
+    Option("shutdown-signal", parse_signal, "SIGNAL",
+           "Signal that starts the graceful shutdown (repeatable)  [default: TERM]",
+           multiple=True),
+    Option("stop-signal", parse_signal, "SIGNAL", "Signal sent to the app to stop it.", "TERM"),
+    Option("grace", parse_duration, "SECONDS",
+           "Hard deadline, from the shutdown signal, for the delay, drains and the app's "
+           "stop; then everything left is SIGKILLed. 0: SIGKILL at once.", "8"),
+    Option("pre-stop-delay", parse_duration, "SECONDS",
+           "Wait this long after the shutdown signal before draining (lets load balancers "
+           "deregister the container).", "0"),
+    Option("drain", parse_exec_drain, "COMMAND",
+           "Command to run before the stop signal (repeatable, in order; split like a shell, "
+           "run without one).", multiple=True),
+    Option("drain-http", parse_http_drain, "[METHOD ]URL",
+           "HTTP request to send before the stop signal, after the drain commands "
+           "(repeatable; 2xx/3xx is success).", multiple=True),
+    Option("termination-log", parse_path, "PATH",
+           "Write a short report here at exit  [default: /dev/termination-log when writable]"),
+)
+BY_NAME = {opt.name: opt for opt in OPTIONS}
+
+# Repeatable options take several values from one environment variable, one a line.
+ENV_SEPARATOR = "\n"
+
+
+def build_config(values: Mapping[str, Any], argv: Sequence[str]) -> Config:
+    """Config from parsed option values keyed by ``Option.key``."""
+    return Config(
+        argv=tuple(argv),
+        log_format=values["log_format"],
+        log_level=values["log_level"],
+        signal_to=values["signal_to"],
+        remap_exit=tuple(values["remap_exit"]),
+        shutdown_signals=frozenset(values["shutdown_signal"] or (parse_signal("TERM"),)),
+        stop_signal=values["stop_signal"],
+        grace=values["grace"],
+        pre_stop_delay=values["pre_stop_delay"],
+        drains=(*values["drain"], *values["drain_http"]),
+        termination_log=values["termination_log"],
+    )
+
+
+def fast_parse(args: Sequence[str], environ: Mapping[str, str]) -> Config | None:
+    """The Config for a well-formed command line, or None to let click decide."""
+    split = _split(args)
+    if split is None:
+        return None
+    given, command = split
+    try:
+        return build_config(_values(given, environ), command)
+    except ValueError:
+        return None
+
+
+def _split(args: Sequence[str]) -> tuple[dict[str, list[str]], Sequence[str]] | None:
+    """Option texts by name, and the app's argv; None for anything unusual."""
+    given: dict[str, list[str]] = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            return (given, args[i + 1 :]) if i + 1 < len(args) else None
+        if not arg.startswith("-") or arg == "-":
+            return given, args[i:]
+        name, eq, value = arg[2:].partition("=")
+        if not arg.startswith("--") or name not in BY_NAME:
+            return None  # short options (-h) and unknown ones are click's to explain
+        if not eq:
+            i += 1
+            if i == len(args):
+                return None
+            value = args[i]
+        given.setdefault(name, []).append(value)
+        i += 1
+    return None  # no COMMAND
+
+
+def _values(given: Mapping[str, list[str]], environ: Mapping[str, str]) -> dict[str, Any]:
+    """Each option's parsed value: command line, else environment, else default."""
+    values: dict[str, Any] = {}
+    for opt in OPTIONS:
+        raw = given.get(opt.name)
+        if raw is None and environ.get(opt.envvar):
+            env = environ[opt.envvar]
+            raw = env.split(ENV_SEPARATOR) if opt.multiple else [env]
+        if opt.multiple:
+            values[opt.key] = tuple(opt.parse(text) for text in raw or ())
+        elif raw is not None:
+            values[opt.key] = opt.parse(raw[-1])  # the last one wins, as in click
+        else:
+            values[opt.key] = None if opt.default is None else opt.parse(opt.default)
+    return values
