@@ -5,10 +5,17 @@ options are declared.  A well-formed command line never gets here (see
 :func:`pidone.options.fast_parse`); this module is imported for help, for
 the version, and to turn any mistake into one line naming the option and
 the value, with exit code 2, before anything is started.
+
+``--config FILE`` is eager: click reads the file first and makes it the
+context's ``default_map``, so its values rank below the command line and the
+environment and above the defaults, as in the fast parser.  ``--check`` is
+shown here but handled by :mod:`pidone.check`, which reports every mistake
+instead of the first.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -16,7 +23,14 @@ import click
 
 from pidone import __version__
 from pidone.config import Config
-from pidone.options import ENV_SEPARATOR, OPTIONS, Option, build_config
+from pidone.options import (
+    CONFIG_ENVVAR,
+    ENV_SEPARATOR,
+    OPTIONS,
+    Option,
+    build_config,
+    wants_check,
+)
 
 
 class _Parsed(click.ParamType):  # type: ignore[type-arg]  # generic only in click's stubs
@@ -51,6 +65,17 @@ def _click_option(option: Option) -> Callable[[Any], Any]:
     )
 
 
+def _load_config(ctx: click.Context, _param: click.Parameter, path: str | None) -> None:
+    if path is None:
+        return
+    from pidone import configfile
+
+    try:
+        ctx.default_map = configfile.load(path)
+    except configfile.ConfigFileError as exc:
+        raise click.UsageError(str(exc), ctx) from None
+
+
 def _command(ctx: click.Context, /, **values: Any) -> Config:
     """Run COMMAND as the app of a container, as its PID 1.
 
@@ -59,6 +84,7 @@ def _command(ctx: click.Context, /, **values: Any) -> Config:
     runs a graceful, bounded stop.
     """
     argv = values.pop("command")
+    values.pop("check")  # parse() hands --check to pidone.check before click sees it
     if not argv:
         click.echo(ctx.get_usage(), err=True)
         click.echo("Error: missing COMMAND", err=True)
@@ -68,12 +94,32 @@ def _command(ctx: click.Context, /, **values: Any) -> Config:
 
 def _build() -> click.Command:
     func: Any = click.pass_context(_command)
-    func = click.argument("command", nargs=-1, type=click.UNPROCESSED,
-                          metavar="[--] COMMAND [ARG]...")(func)
-    func = click.version_option(__version__, "--version", prog_name="pidone",
-                                message="%(prog)s %(version)s")(func)
+    func = click.argument(
+        "command", nargs=-1, type=click.UNPROCESSED, metavar="[--] COMMAND [ARG]..."
+    )(func)
+    func = click.version_option(
+        __version__, "--version", prog_name="pidone", message="%(prog)s %(version)s"
+    )(func)
+    func = click.option(
+        "--check",
+        is_flag=True,
+        help="Validate the configuration (COMMAND optional), print the effective settings, "
+        "where each came from and the shutdown plan, and exit: 0, or 2 listing every error. "
+        "Nothing is started.",
+    )(func)
     for option in reversed(OPTIONS):
         func = _click_option(option)(func)
+    func = click.option(
+        "--config",
+        envvar=CONFIG_ENVVAR,
+        show_envvar=True,
+        metavar="FILE",
+        is_eager=True,
+        expose_value=False,
+        callback=_load_config,
+        help="TOML file with any of the options below, under the same names (probes as "
+        "[probes.KIND] tables). The command line and the environment take precedence.",
+    )(func)
     settings = {
         "allow_interspersed_args": False,
         "help_option_names": ["-h", "--help"],
@@ -86,7 +132,11 @@ command = _build()
 
 
 def parse(args: Sequence[str]) -> Config | int:
-    """The Config, or the exit code after --help, --version or a usage error."""
+    """The Config, or the exit code after --help, --version, --check or a usage error."""
+    if wants_check(args):
+        from pidone import check
+
+        return check.run(args, os.environ)
     try:
         result = command.main(args=list(args), prog_name="pidone", standalone_mode=False)
     except click.UsageError as exc:

@@ -47,7 +47,31 @@ class HttpDrain(NamedTuple):
         return f"{self.method} {self.url}"
 
 
+class TcpCheck(NamedTuple):
+    """A probe that succeeds when a TCP connection is accepted."""
+
+    host: str
+    port: int
+
+    def describe(self) -> str:
+        return f"tcp://{self.host}:{self.port}"
+
+
 DrainStep = ExecDrain | HttpDrain
+Check = ExecDrain | HttpDrain | TcpCheck
+PROBES = ("startup", "readiness", "liveness")
+
+
+class Probe(NamedTuple):
+    """A Kubernetes-style probe, with Kubernetes' defaults."""
+
+    kind: str  # one of PROBES
+    check: Check
+    initial_delay: float = 0.0
+    period: float = 10.0
+    timeout: float = 1.0
+    failure_threshold: int = 3
+    success_threshold: int = 1
 
 
 class Config(NamedTuple):
@@ -62,6 +86,14 @@ class Config(NamedTuple):
     pre_stop_delay: float = 0.0
     drains: tuple[DrainStep, ...] = ()
     termination_log: str | None = None
+    inits: tuple[ExecDrain, ...] = ()
+    post_start: tuple[DrainStep, ...] = ()
+    hook_timeout: float = 30.0
+    probes: tuple[Probe, ...] = ()
+    status_addr: tuple[str, int] | None = None
+
+    def probe(self, kind: str) -> Probe | None:
+        return next((p for p in self.probes if p.kind == kind), None)
 
     def remap(self, code: int) -> int:
         for src, dst in self.remap_exit:
@@ -72,8 +104,12 @@ class Config(NamedTuple):
 
 def parse_duration(text: str) -> float:
     """Seconds as a finite, non-negative decimal number (fractions allowed)."""
+    raw = text.strip()
+    # float() would also take "1_0" (as 10) and non-ASCII digits: not durations.
+    if not raw.isascii() or "_" in raw:
+        raise ValueError(f"{text!r} is not a number of seconds")
     try:
-        value = float(text.strip())
+        value = float(raw)
     except ValueError:
         raise ValueError(f"{text!r} is not a number of seconds") from None
     if not math.isfinite(value) or value < 0:
@@ -84,7 +120,7 @@ def parse_duration(text: str) -> float:
 def parse_signal(text: str) -> int:
     """A signal by name (TERM, SIGTERM, sigterm, RTMIN+3) or by number."""
     raw = text.strip()
-    if raw.isdigit():
+    if raw.isascii() and raw.isdigit():
         number = int(raw)
         if number not in signal.valid_signals():
             raise ValueError(f"{raw} is not a valid signal number")
@@ -124,7 +160,7 @@ def signal_name(number: int) -> str:
 def parse_remap(text: str) -> tuple[int, int]:
     """``FROM:TO``, both exit codes in 0..255."""
     parts = text.split(":")
-    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+    if len(parts) != 2 or not all(p.strip().isascii() and p.strip().isdigit() for p in parts):
         raise ValueError(f"{text!r} is not FROM:TO (two exit codes 0-255)")
     src, dst = (int(p) for p in parts)
     if src > 255 or dst > 255:
@@ -140,7 +176,7 @@ def parse_exec_drain(text: str) -> ExecDrain:
     except ValueError as exc:
         raise ValueError(f"{text!r} does not parse as a command: {exc}") from None
     if not argv:
-        raise ValueError("empty command")
+        raise ValueError(f"{text!r} is an empty command")
     return ExecDrain(tuple(argv))
 
 
@@ -186,3 +222,42 @@ def parse_path(text: str) -> str:
     if os.path.isdir(text):
         raise ValueError(f"{text!r} is a directory")
     return text
+
+
+def parse_positive_duration(text: str) -> float:
+    value = parse_duration(text)
+    if value <= 0:
+        raise ValueError(f"{text!r} must be more than 0 seconds")
+    return value
+
+
+def parse_count(text: str) -> int:
+    """A whole number >= 1 (probe thresholds)."""
+    raw = text.strip()
+    if not (raw.isascii() and raw.isdigit()) or int(raw) < 1:
+        raise ValueError(f"{text!r} is not a whole number >= 1")
+    return int(raw)
+
+
+def _parse_host_port(text: str, what: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
+        raise ValueError(f"{text!r} is not {what} (HOST:PORT, port 1-65535)")
+    return host, int(port)
+
+
+def parse_status_addr(text: str) -> tuple[str, int]:
+    return _parse_host_port(text.strip(), "an address")
+
+
+def parse_probe_target(text: str) -> Check:
+    """``http(s)://host:port/path``, ``tcp://host:port`` or ``exec:COMMAND``."""
+    raw = text.strip()
+    if raw.startswith(("http://", "https://")):
+        return parse_http_drain(raw)
+    if raw.startswith("tcp://"):
+        return TcpCheck(*_parse_host_port(raw[len("tcp://") :], "a tcp:// target"))
+    if raw.startswith("exec:"):
+        return parse_exec_drain(raw[len("exec:") :])
+    raise ValueError(f"{text!r} is not http://..., https://..., tcp://HOST:PORT or exec:COMMAND")

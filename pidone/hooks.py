@@ -1,27 +1,41 @@
-"""Drain steps: commands and HTTP requests run before the app is stopped.
+"""Running actions: commands, HTTP requests and TCP connects, for drains, hooks and probes.
 
-Command drains are ordinary children of pidone, started through
-:mod:`pidone.spawn` in a process group of their own so that a drain that
-runs out of time can be killed together with everything it started.  Their
-output goes straight to pidone's stdout/stderr (inherited descriptors),
-never through pidone's memory.
+One :class:`Runner` serves every kind of step pidone runs beside the app:
+drains, init commands, post-start hooks and probes.  Each run has an
+optional time limit and ends in exactly one :class:`Result`, reported to the
+event loop through a callback.
 
-HTTP drains need no curl in the image: one short-lived thread per request
-(the standard library has no non-blocking HTTPS client), bounded by a socket
-timeout equal to the drain's share of the budget.  The thread reports back
-through a pipe that the event loop watches, so the loop still blocks in one
-place.  A thread that outlives its share is simply forgotten: it holds no
-process and ends with pidone.
+Commands are ordinary children of pidone, started through
+:mod:`pidone.spawn` in a process group of their own so that one that runs
+out of time can be killed together with everything it started.  Their exit
+arrives through pidone's one reaper.  Drain and hook output goes straight to
+pidone's stdout/stderr (inherited descriptors), never through pidone's
+memory; a probe's output is captured through a pipe in the loop's selector,
+keeping only its last few kilobytes, for the ``Unhealthy`` report.
+
+HTTP requests and TCP connects need no curl in the image: one short-lived
+thread each (the standard library has no non-blocking HTTPS client), bounded
+by a socket timeout.  The thread reports back through a pipe that the event
+loop watches, so the loop still blocks in one place.  A thread that outlives
+its time limit is simply forgotten: it holds no process and ends with pidone.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import selectors
+import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
-from pidone.config import HttpDrain
+from pidone import spawn
+from pidone.config import Check, ExecDrain, HttpDrain, TcpCheck, signal_name
+
+# What a probe's output may cost pidone's memory, per run.
+OUTPUT_LIMIT = 4096
 
 
 @dataclass(frozen=True)
@@ -41,6 +55,18 @@ class DrainOutcome:
             "start_s": round(self.start_s, 3),
             "duration_s": round(self.duration_s, 3),
         }
+
+
+def tcp_connect(check: TcpCheck, timeout: float) -> tuple[bool, str]:
+    """Open and close one TCP connection.  Never raises."""
+    import socket
+
+    try:
+        with socket.create_connection((check.host, check.port), timeout=max(timeout, 0.001)):
+            pass
+    except Exception as exc:
+        return False, f"{type(exc).__name__}: {exc}"
+    return True, "connected"
 
 
 def http_request(step: HttpDrain, timeout: float) -> tuple[bool, str]:
@@ -71,32 +97,174 @@ def http_request(step: HttpDrain, timeout: float) -> tuple[bool, str]:
     return 200 <= status < 400, f"HTTP {status}"
 
 
-class HttpResults:
-    """Results of HTTP drain threads, handed to the loop through a pipe."""
+class Result(NamedTuple):
+    ok: bool
+    detail: str  # "exit code 3", "HTTP 503", "timed out after 1s", an exception
+    output: str  # the captured output's tail (commands run with capture), else ""
+    duration: float
 
-    def __init__(self) -> None:
-        self.read_fd, self._write_fd = os.pipe()
-        os.set_blocking(self.read_fd, False)
-        self._done: deque[tuple[int, bool, str]] = deque()
 
-    def start(self, index: int, step: HttpDrain, timeout: float) -> None:
+OnDone = Callable[[Result], None]
+
+
+class _Job:
+    __slots__ = ("deadline", "on_done", "output", "output_fd", "pid", "started", "timeout")
+
+    def __init__(self, started: float, timeout: float | None, on_done: OnDone) -> None:
+        self.on_done = on_done
+        self.started = started
+        self.timeout = timeout
+        self.deadline = None if timeout is None else started + timeout
+        self.pid: int | None = None
+        self.output_fd: int | None = None
+        self.output = b""
+
+
+class Runner:
+    """Runs actions in the background of the event loop; one Result per run."""
+
+    def __init__(self, selector: selectors.BaseSelector) -> None:
+        self._selector = selector
+        self._jobs: dict[int, _Job] = {}
+        self._by_pid: dict[int, int] = {}
+        self._next_token = 0
+        self._threads_fd: int | None = None
+        self._write_fd = -1
+        self._finished: deque[tuple[int, bool, str]] = deque()
+
+    # -- starting and stopping --------------------------------------------------
+
+    def start(
+        self, action: Check, timeout: float | None, on_done: OnDone, *, capture: bool = False
+    ) -> int:
+        """Start ``action``; return its token.  ``on_done`` gets its one Result.
+
+        A command that cannot start at all ends (and calls ``on_done``) at once.
+        """
+        self._next_token += 1
+        token = self._next_token
+        job = _Job(time.monotonic(), timeout, on_done)
+        self._jobs[token] = job
+        if isinstance(action, ExecDrain):
+            self._start_command(token, job, action, capture)
+        else:
+            self._start_thread(token, action, timeout)
+        return token
+
+    def cancel(self, token: int, reason: str) -> None:
+        """Kill a running action (with everything it started) and report it failed."""
+        job = self._jobs.get(token)
+        if job is None:
+            return
+        if job.pid is not None:
+            from pidone import tree
+
+            tree.kill_tree(job.pid)
+            self._by_pid.pop(job.pid, None)  # its exit is reaped as an orphan
+        self._complete(token, ok=False, detail=reason)
+
+    def cancel_all(self, reason: str) -> None:
+        for token in list(self._jobs):
+            self.cancel(token, reason)
+
+    def running(self, token: int) -> bool:
+        return token in self._jobs
+
+    # -- events from the loop -------------------------------------------------------
+
+    def on_child_exit(self, ex: spawn.Exit) -> bool:
+        """Claim the exit of one of our commands."""
+        token = self._by_pid.pop(ex.pid, None)
+        if token is None:
+            return False
+        signum = ex.signal
+        detail = f"exit code {ex.code}" if signum is None else f"signal {signal_name(signum)}"
+        self._complete(token, ok=ex.code == 0, detail=detail)
+        return True
+
+    def next_deadline(self) -> float | None:
+        deadlines = [job.deadline for job in self._jobs.values() if job.deadline is not None]
+        return min(deadlines) if deadlines else None
+
+    def on_deadline(self, now: float) -> None:
+        for token, job in list(self._jobs.items()):
+            if job.deadline is not None and now >= job.deadline:
+                self.cancel(token, f"timed out after {job.timeout:g}s")
+
+    # -- internals ----------------------------------------------------------------
+
+    def _start_command(self, token: int, job: _Job, action: ExecDrain, capture: bool) -> None:
+        read_fd = write_fd = None
+        if capture:
+            read_fd, write_fd = os.pipe()
+            os.set_blocking(read_fd, False)
+        try:
+            job.pid = spawn.spawn(action.argv, quiet_stdin=True, output_fd=write_fd)
+        except spawn.SpawnError as exc:
+            if read_fd is not None and write_fd is not None:
+                os.close(read_fd)
+                os.close(write_fd)
+            self._complete(token, ok=False, detail=str(exc))
+            return
+        self._by_pid[job.pid] = token
+        if read_fd is not None and write_fd is not None:
+            os.close(write_fd)
+            job.output_fd = read_fd
+            self._selector.register(read_fd, selectors.EVENT_READ, lambda _mask: self._read(job))
+
+    def _read(self, job: _Job) -> None:
+        if job.output_fd is None:
+            return
+        try:
+            while chunk := os.read(job.output_fd, 65536):
+                job.output = (job.output + chunk)[-OUTPUT_LIMIT:]
+        except BlockingIOError:
+            return
+        except OSError:
+            pass
+        self._close_output(job)  # EOF: every writer is gone
+
+    def _close_output(self, job: _Job) -> None:
+        if job.output_fd is not None:
+            self._selector.unregister(job.output_fd)
+            os.close(job.output_fd)
+            job.output_fd = None
+
+    def _start_thread(
+        self, token: int, action: HttpDrain | TcpCheck, timeout: float | None
+    ) -> None:
         import threading
 
+        if self._threads_fd is None:
+            self._threads_fd, self._write_fd = os.pipe()
+            os.set_blocking(self._threads_fd, False)
+            self._selector.register(self._threads_fd, selectors.EVENT_READ, self._on_threads)
+        limit = 3600.0 if timeout is None else timeout
+
         def run() -> None:
-            ok, detail = http_request(step, timeout)
-            self._done.append((index, ok, detail))
+            if isinstance(action, TcpCheck):
+                ok, detail = tcp_connect(action, limit)
+            else:
+                ok, detail = http_request(action, limit)
+            self._finished.append((token, ok, detail))
             with contextlib.suppress(OSError):
                 os.write(self._write_fd, b"!")
 
-        threading.Thread(target=run, name=f"drain-{index}", daemon=True).start()
+        threading.Thread(target=run, name=f"action-{token}", daemon=True).start()
 
-    def collect(self) -> list[tuple[int, bool, str]]:
-        try:
-            while os.read(self.read_fd, 4096):
+    def _on_threads(self, _mask: int) -> None:
+        assert self._threads_fd is not None
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self._threads_fd, 4096):
                 pass
-        except BlockingIOError:
-            pass
-        finished = []
-        while self._done:
-            finished.append(self._done.popleft())
-        return finished
+        while self._finished:
+            token, ok, detail = self._finished.popleft()
+            if token in self._jobs:  # else: cancelled or timed out already
+                self._complete(token, ok=ok, detail=detail)
+
+    def _complete(self, token: int, *, ok: bool, detail: str) -> None:
+        job = self._jobs.pop(token)
+        self._read(job)  # whatever the command wrote before it exited
+        self._close_output(job)
+        output = job.output.decode("utf-8", "replace")
+        job.on_done(Result(ok, detail, output, time.monotonic() - job.started))

@@ -144,25 +144,36 @@ class Shutdown:
     def on_shutdown_signal(self, now: float) -> list[Action]:
         self._signals_seen += 1
         if self.phase is Phase.RUNNING:
-            self.started_at = now
-            self.deadline = now + self.grace
-            self.cause = "signal"
-            if self.grace <= 0:
-                return self._kill(now)
-            if self.pre_stop_delay <= 0 and self.drain_count == 0:
-                self._enter(Phase.STOPPING, now)  # nothing to drain: no empty phase
-                return [SignalApp(self.stop_signal)]
-            self._enter(Phase.DRAINING, now)
-            self._delay_until = now + min(self.pre_stop_delay, self.grace - app_reserve(self.grace))
-            return self._advance_drains(now)
+            return self._begin(now, "signal")
         if self.phase in (Phase.KILLING, Phase.DONE):
             return []
-        if self.cause == "app_exit" and self._signals_seen == 1:
-            # The app already ended; its leftovers are on their grace. The first
-            # signal from outside asks for what is already happening.
+        if self.cause != "signal" and self._signals_seen == 1:
+            # The stop is already under way for another reason (the app ended,
+            # a probe failed); the first signal from outside asks for what is
+            # already happening.
             return []
         self.forced = True
         return self._kill(now)
+
+    def on_stop_request(self, now: float, cause: str) -> list[Action]:
+        """pidone itself decided to stop the app (a hook or probe failed)."""
+        if self.phase is not Phase.RUNNING:
+            return []
+        return self._begin(now, cause)
+
+    def _begin(self, now: float, cause: str) -> list[Action]:
+        """The normal sequence: delay, drains, stop signal, all within the grace."""
+        self.started_at = now
+        self.deadline = now + self.grace
+        self.cause = cause
+        if self.grace <= 0:
+            return self._kill(now)
+        if self.pre_stop_delay <= 0 and self.drain_count == 0:
+            self._enter(Phase.STOPPING, now)  # nothing to drain: no empty phase
+            return [SignalApp(self.stop_signal)]
+        self._enter(Phase.DRAINING, now)
+        self._delay_until = now + min(self.pre_stop_delay, self.grace - app_reserve(self.grace))
+        return self._advance_drains(now)
 
     def on_app_exit(self, now: float) -> list[Action]:
         self.app_exited = True

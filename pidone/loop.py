@@ -16,6 +16,7 @@ by :meth:`Supervisor._act`.  Every other signal is forwarded to the app.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import selectors
 import signal
@@ -24,7 +25,8 @@ import time
 from typing import Any
 
 from pidone import spawn
-from pidone.config import Config, ExecDrain, HttpDrain, signal_name
+from pidone.config import Config, signal_name
+from pidone.hooks import Result, Runner
 from pidone.lifecycle import (
     Action,
     CancelDrain,
@@ -42,6 +44,9 @@ from pidone.lifecycle import (
 # capped wait just wakes up early and recomputes.
 MAX_WAIT = 86400.0
 
+DRAIN_TIMED_OUT = "ran out of its share of the grace"
+
+
 class Supervisor:
     def __init__(self, config: Config, wake_fd: int) -> None:
         self.config = config
@@ -49,21 +54,23 @@ class Supervisor:
         self.wake_r = wake_fd
         self.selector.register(self.wake_r, selectors.EVENT_READ)
         self.app_pid: int | None = None
-        self.shutdown = Shutdown(
-            grace=config.grace,
-            stop_signal=config.stop_signal,
-            drain_count=len(config.drains),
-            pre_stop_delay=config.pre_stop_delay,
-        )
-        # pid -> drain index, for the drains that are running right now.
-        self.drain_pids: dict[int, int] = {}
+        self.shutdown = self._app_shutdown()
+        self.runner = Runner(self.selector)
+        self.probes: Any = None  # pidone.probes.Probes, when probes are configured
+        self.status: Any = None  # pidone.status.StatusServer, with --status-addr
+        # drain index -> the runner's token, for the drain that is running now.
+        self.drain_tokens: dict[int, int] = {}
         self.drain_started: dict[int, float] = {}
         self.self_sigpipes = 0
         self.log: Any = None
         self.report: Any = None
-        self.http: Any = None
         self.oom_before: int | None = None
         self.done = False
+        self.foreground = False
+        self.stage = "app"  # "init" while init commands run, then "app"
+        self.init_index = 0
+        self.app_started_at: float | None = None
+        self.hooks_ok: bool | None = None  # post-start hooks: None while running
         # SIGCHLD and the shutdown signals must never be lost.  The wakeup pipe
         # drops bytes once full (a storm of forwarded signals the loop has not
         # drained yet), so these are taken by a recording handler; their bytes
@@ -74,30 +81,192 @@ class Supervisor:
 
     # -- start ----------------------------------------------------------------
 
-    def started(self, app_pid: int, foreground: bool) -> None:
-        self.app_pid = app_pid
+    def started(self, app_pid: int) -> None:
+        """The app is running (started before this object existed, for speed)."""
         self._setup_reporting()
-        self.log.info(
-            "app_started",
-            pid=app_pid,
-            argv=list(self.config.argv),
-            pidone_pid=os.getpid(),
-            foreground=foreground,
-        )
+        self._app_running(app_pid, time.monotonic())
 
-    def start_failed(self, exc: spawn.SpawnError) -> int:
+    def start_failed(self, exc: spawn.SpawnError) -> None:
         self._setup_reporting()
+        self._cannot_start(exc, "app")
+
+    def start_inits(self) -> None:
+        """Init commands first: each must succeed before the next, the app last."""
+        self._setup_reporting()
+        self.stage = "init"
+        # While an init command runs there is nothing to drain: a shutdown
+        # signal only stops it, within the grace.
+        self.shutdown = Shutdown(grace=self.config.grace, stop_signal=self.config.stop_signal)
+        self._next_init()
+
+    def _next_init(self) -> None:
+        if self.init_index == len(self.config.inits):
+            self._start_app()
+            return
+        step = self.config.inits[self.init_index]
+        self.log.info("init_started", index=self.init_index, command=step.describe())
+        try:
+            self.app_pid = spawn.spawn(step.argv, tty_fd=self._tty())
+        except spawn.SpawnError as exc:
+            self._cannot_start(exc, "init")
+
+    def _on_init_exit(self, ex: spawn.Exit) -> bool:
+        """An init command ended; True when it handled the exit as a success."""
+        step = self.config.inits[self.init_index]
+        if ex.code != 0 or self.shutdown.phase is not Phase.RUNNING:
+            if self.shutdown.phase is Phase.RUNNING:
+                self.report.failure = "InitFailed"
+            self.report.failed_step = step.describe()
+            self.log.warning(
+                "init_failed", index=self.init_index, command=step.describe(), exit_code=ex.code
+            )
+            return False
+        self.log.info("init_finished", index=self.init_index, command=step.describe())
+        self.init_index += 1
+        self._next_init()
+        return True
+
+    def _start_app(self) -> None:
+        self.stage = "app"
+        self.shutdown = self._app_shutdown()
+        try:
+            pid = spawn.spawn(self.config.argv, tty_fd=self._tty())
+        except spawn.SpawnError as exc:
+            self._cannot_start(exc, "app")
+            return
+        self._app_running(pid, time.monotonic())
+
+    def _tty(self) -> int | None:
+        return 0 if self.foreground else None
+
+    def _cannot_start(self, exc: spawn.SpawnError, stage: str) -> None:
         self.report.start_error = str(exc)
         self.report.app_code = exc.exit_code
+        if stage == "init":
+            self.report.failure = "InitFailed"
+            self.report.failed_step = self.config.inits[self.init_index].describe()
         self.log.error(
-            "app_start_failed",
-            argv=list(self.config.argv),
+            "app_start_failed" if stage == "app" else "init_failed",
+            argv=list(
+                self.config.argv if stage == "app" else self.config.inits[self.init_index].argv
+            ),
             error=str(exc),
             exit_code=exc.exit_code,
         )
-        from pidone import report
+        self.done = True
 
-        return self.conclude(time.monotonic(), report)
+    def _app_running(self, pid: int, now: float) -> None:
+        self.app_pid = pid
+        self.app_started_at = now
+        self.log.info(
+            "app_started",
+            pid=pid,
+            argv=list(self.config.argv),
+            pidone_pid=os.getpid(),
+            foreground=self.foreground,
+        )
+        if self.config.probes:
+            from pidone.probes import Probes
+
+            self.probes = Probes(self.config, self.runner, self._on_unhealthy, self.log)
+        self._next_post_start(0)
+
+    # -- post-start hooks and probes ------------------------------------------------
+
+    def _next_post_start(self, index: int) -> None:
+        if index == len(self.config.post_start):
+            self.hooks_ok = True
+            if self.probes is not None:
+                self.probes.start(time.monotonic())
+            return
+        step = self.config.post_start[index]
+        self.log.info(
+            "post_start_started",
+            index=index,
+            hook=step.describe(),
+            timeout_s=self.config.hook_timeout,
+        )
+        done = functools.partial(self._post_start_done, index)
+        self.runner.start(step, self.config.hook_timeout, done)
+
+    def _post_start_done(self, index: int, result: Result) -> None:
+        step = self.config.post_start[index]
+        outcome = {
+            "hook": step.describe(),
+            "ok": result.ok,
+            "detail": result.detail,
+            "duration_s": round(result.duration, 3),
+        }
+        self.report.hooks.append(outcome)
+        if self.shutdown.phase is not Phase.RUNNING:
+            return  # cancelled by the shutdown; nothing to decide any more
+        if result.ok:
+            self.log.info("post_start_finished", **outcome)
+            self._next_post_start(index + 1)
+            return
+        self.hooks_ok = False
+        self.log.warning("FailedPostStartHook", **outcome)
+        self._stop_for("PostStartHookFailed", "post_start_failed", result)
+
+    def _on_unhealthy(self, kind: str, result: Result) -> None:
+        reason = "StartupProbeFailed" if kind == "startup" else "LivenessProbeFailed"
+        self._stop_for(reason, f"{kind}_probe_failed", result)
+
+    def _stop_for(self, reason: str, cause: str, result: Result) -> None:
+        """pidone itself stops the app, with the normal sequence, and remembers why."""
+        if self.shutdown.phase is not Phase.RUNNING:
+            return
+        self.report.failure = reason
+        self.report.failure_detail = {"detail": result.detail, "output": result.output[-1024:]}
+        now = time.monotonic()
+        self._shutdown_begins()
+        self.log.warning("stopping_app", reason=reason, cause=cause, detail=result.detail)
+        self._feed(self.shutdown.on_stop_request, now, cause)
+
+    def _shutdown_begins(self) -> None:
+        """Whatever starts the shutdown: no more probes, no more hooks."""
+        if self.probes is not None:
+            self.probes.stop()
+        self.runner.cancel_all("shutdown began")
+
+    def snapshot(self) -> Any:
+        """What the status endpoint reports, read at the moment of each request."""
+        from pidone.status import Snapshot
+
+        running = self.stage == "app" and self.app_pid is not None and not self.shutdown.app_exited
+        probes = self.probes
+        live = running and (probes is None or probes.live)
+        ready = (
+            live
+            and self.shutdown.phase is Phase.RUNNING
+            and self.hooks_ok is True
+            and (probes is None or probes.ready)
+        )
+        now = time.monotonic()
+        status: dict[str, object] = {
+            "stage": self.stage,
+            "phase": self.shutdown.phase.value,
+            "app_pid": self.app_pid if running else None,
+            "uptime_s": round(now - self.app_started_at, 3) if self.app_started_at else 0.0,
+            "live": live,
+            "ready": ready,
+            "post_start_hooks": self.report.hooks,
+            "probes": {k: v.as_dict() for k, v in probes.states.items()} if probes else {},
+        }
+        if self.shutdown.started_at is not None:
+            status["shutdown"] = {
+                "cause": self.shutdown.cause,
+                "elapsed_s": round(self.shutdown.elapsed(now), 3),
+            }
+        return Snapshot(live, ready, status)
+
+    def _app_shutdown(self) -> Shutdown:
+        return Shutdown(
+            grace=self.config.grace,
+            stop_signal=self.config.stop_signal,
+            drain_count=len(self.config.drains),
+            pre_stop_delay=self.config.pre_stop_delay,
+        )
 
     def _setup_reporting(self) -> None:
         # Everything imported here costs start-up time, so it happens after the
@@ -117,21 +286,37 @@ class Supervisor:
         self._dispatch(self.early, early=True)
         while not self.done:
             timeout = None
-            deadline = self.shutdown.next_deadline()
+            deadline = self._next_deadline()
             if deadline is not None:
                 timeout = min(MAX_WAIT, max(0.0, deadline - time.monotonic()))
             events = self.selector.select(timeout)
-            for key, _ in events:
+            for key, mask in events:
                 if key.fd == self.wake_r:
                     self._on_signals()
-                elif self.http is not None and key.fd == self.http.read_fd:
-                    self._on_http_results()
+                else:
+                    key.data(mask)
             if self.pending:  # recorded, but its byte was read in an earlier batch
                 self._dispatch(b"")
-            deadline = self.shutdown.next_deadline()
-            if deadline is not None and time.monotonic() >= deadline:
-                self._act(self.shutdown.on_deadline(time.monotonic()))
+            self._on_deadlines(time.monotonic())
         return self._finish()
+
+    def _components(self) -> list[Any]:
+        """Everything besides the shutdown machine that keeps time."""
+        return [c for c in (self.runner, self.probes, self.status) if c is not None]
+
+    def _next_deadline(self) -> float | None:
+        times = [c.next_deadline() for c in (self.shutdown, *self._components())]
+        due = [t for t in times if t is not None]
+        return min(due) if due else None
+
+    def _on_deadlines(self, now: float) -> None:
+        for component in self._components():
+            deadline = component.next_deadline()
+            if deadline is not None and now >= deadline:
+                component.on_deadline(now)
+        deadline = self.shutdown.next_deadline()
+        if deadline is not None and now >= deadline:
+            self._act(self.shutdown.on_deadline(now))
 
     def _take_critical_signals(self) -> bytes:
         """Swap in the recording handler; return the bytes that arrived before it.
@@ -204,6 +389,7 @@ class Supervisor:
         if first:
             self.report.shutdown_signal = signum
         if self.shutdown.phase is Phase.RUNNING:
+            self._shutdown_begins()
             self.log.info(
                 "shutdown_started",
                 signal=signal_name(signum),
@@ -227,9 +413,11 @@ class Supervisor:
         now = time.monotonic()
         for ex in exits:
             if ex.pid == self.app_pid:
+                if self.stage == "init" and self._on_init_exit(ex):
+                    continue
                 self._on_app_exit(ex, now)
-            elif ex.pid in self.drain_pids:
-                self._on_drain_exit(ex, now)
+            elif self.runner.on_child_exit(ex):
+                pass
             else:
                 self.log.debug("orphan_reaped", pid=ex.pid, exit_code=ex.code)
         if none_left and self.shutdown.app_exited:
@@ -244,40 +432,32 @@ class Supervisor:
         if self.shutdown.started_at is not None:
             fields["elapsed_s"] = round(self.shutdown.elapsed(now), 3)
         self.log.info("app_exited", **fields)
+        if self.shutdown.phase is Phase.RUNNING:
+            self._shutdown_begins()
         self._feed(self.shutdown.on_app_exit, now)
 
     # -- drains -----------------------------------------------------------------
 
-    def _on_drain_exit(self, ex: spawn.Exit, now: float) -> None:
-        index = self.drain_pids.pop(ex.pid)
-        ok = ex.code == 0
-        detail = f"exit code {ex.code}" if ex.signal is None else f"signal {signal_name(ex.signal)}"
-        self._drain_done(index, ok, detail, now)
-
-    def _on_http_results(self) -> None:
-        now = time.monotonic()
-        for index, ok, detail in self.http.collect():
-            if index in self.drain_started:
-                self._drain_done(index, ok, detail, now)
-
-    def _drain_done(
-        self, index: int, ok: bool, detail: str, now: float, outcome: str | None = None
-    ) -> None:
+    def _drain_done(self, index: int, result: Result) -> None:
         from pidone.hooks import DrainOutcome
 
+        now = time.monotonic()
+        self.drain_tokens.pop(index, None)
         started = self.drain_started.pop(index)
-        step = self.config.drains[index]
-        result = DrainOutcome(
+        outcome = "ok" if result.ok else "failed"
+        if result.detail == DRAIN_TIMED_OUT:
+            outcome = "timed_out"
+        record = DrainOutcome(
             index,
-            step.describe(),
-            outcome or ("ok" if ok else "failed"),
-            detail,
+            self.config.drains[index].describe(),
+            outcome,
+            result.detail,
             started - (self.shutdown.started_at or started),
-            now - started,
+            result.duration,
         )
-        self.report.drains.append(result)
-        log = self.log.info if result.outcome == "ok" else self.log.warning
-        log("drain_finished" if result.outcome == "ok" else "drain_failed", **result.as_dict())
+        self.report.drains.append(record)
+        log = self.log.info if outcome == "ok" else self.log.warning
+        log("drain_finished" if outcome == "ok" else "drain_failed", **record.as_dict())
         self._feed(self.shutdown.on_drain_done, now, index)
 
     def _run_drain(self, index: int, deadline: float) -> None:
@@ -291,33 +471,17 @@ class Supervisor:
             budget_s=round(deadline - now, 3),
             elapsed_s=round(self.shutdown.elapsed(now), 3),
         )
-        if isinstance(step, ExecDrain):
-            try:
-                pid = spawn.spawn(step.argv)
-            except spawn.SpawnError as exc:
-                self._drain_done(index, False, str(exc), now)
-                return
-            self.drain_pids[pid] = index
-        elif isinstance(step, HttpDrain):
-            if self.http is None:
-                from pidone.hooks import HttpResults
-
-                self.http = HttpResults()
-                self.selector.register(self.http.read_fd, selectors.EVENT_READ)
-            self.http.start(index, step, deadline - now)
+        # No time limit of the runner's own: the shutdown machine owns the
+        # drain's deadline and says when to cancel it (CancelDrain).
+        done = functools.partial(self._drain_done, index)
+        token = self.runner.start(step, None, done)
+        if self.runner.running(token):
+            self.drain_tokens[index] = token
 
     def _cancel_drain(self, index: int) -> None:
-        from pidone import tree
-
-        for pid, idx in list(self.drain_pids.items()):
-            if idx == index:
-                tree.kill_tree(pid)
-                del self.drain_pids[pid]  # its exit is reaped as an orphan
-        if index in self.drain_started:
-            now = time.monotonic()
-            self._drain_done(
-                index, False, "ran out of its share of the grace", now, outcome="timed_out"
-            )
+        token = self.drain_tokens.get(index)
+        if token is not None:
+            self.runner.cancel(token, DRAIN_TIMED_OUT)
 
     # -- actions ----------------------------------------------------------------
 
@@ -402,8 +566,7 @@ class Supervisor:
             forced=self.shutdown.forced,
             elapsed_s=round(self.shutdown.elapsed(now), 3),
         )
-        for pid in list(self.drain_pids):
-            tree.kill_tree(pid)
+        self.runner.cancel_all("killed at the deadline")
         tree.kill_all()
         self._reap()
 
@@ -436,13 +599,28 @@ class Supervisor:
         return code
 
 
-def supervise(config: Config, wake_fd: int, app: int | spawn.SpawnError, foreground: bool) -> int:
-    """Supervise the started app (or report why it could not start); the exit code."""
+def supervise(
+    config: Config,
+    wake_fd: int,
+    app: int | spawn.SpawnError | None,
+    *,
+    foreground: bool,
+    status: Any = None,
+) -> int:
+    """Supervise the app: already started, not startable, or (None) after the init commands."""
     sup = Supervisor(config, wake_fd)
-    if isinstance(app, spawn.SpawnError):
-        return sup.start_failed(app)
-    sup.started(app, foreground)
+    sup.foreground = foreground
     try:
+        if status is not None:
+            sup.status = status
+            status.snapshot = sup.snapshot
+            status.register(sup.selector)
+        if app is None:
+            sup.start_inits()
+        elif isinstance(app, spawn.SpawnError):
+            sup.start_failed(app)
+        else:
+            sup.started(app)
         return sup.run()
     except Exception as exc:  # the last resort: keep the promise, never orphan anything
         return last_resort(sup, exc)

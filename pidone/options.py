@@ -18,14 +18,20 @@ from typing import Any, NamedTuple
 
 from pidone.config import (
     LOG_LEVELS,
+    PROBES,
     Config,
+    Probe,
     parse_choice,
+    parse_count,
     parse_duration,
     parse_exec_drain,
     parse_http_drain,
     parse_path,
+    parse_positive_duration,
+    parse_probe_target,
     parse_remap,
     parse_signal,
+    parse_status_addr,
 )
 
 
@@ -47,32 +53,158 @@ class Option(NamedTuple):
 
 
 OPTIONS: tuple[Option, ...] = (
-    Option("log-format", parse_choice("auto", "json", "console"), "auto|json|console",
-           "auto: console when stderr is a terminal, else one JSON object per line.", "auto"),
-    Option("log-level", parse_choice(*LOG_LEVELS), "|".join(LOG_LEVELS),
-           "Least severe level written.", "info"),
-    Option("signal-to", parse_choice("child", "group"), "child|group",
-           "Forward signals to the app only, or to its whole process group.", "child"),
-    Option("remap-exit", parse_remap, "FROM:TO",
-           "Replace exit code FROM by TO (repeatable; applied last).", multiple=True),
-    Option("shutdown-signal", parse_signal, "SIGNAL",
-           "Signal that starts the graceful shutdown (repeatable)  [default: TERM]",
-           multiple=True),
+    Option(
+        "log-format",
+        parse_choice("auto", "json", "console"),
+        "auto|json|console",
+        "auto: console when stderr is a terminal, else one JSON object per line.",
+        "auto",
+    ),
+    Option(
+        "log-level",
+        parse_choice(*LOG_LEVELS),
+        "|".join(LOG_LEVELS),
+        "Least severe level written.",
+        "info",
+    ),
+    Option(
+        "signal-to",
+        parse_choice("child", "group"),
+        "child|group",
+        "Forward signals to the app only, or to its whole process group.",
+        "child",
+    ),
+    Option(
+        "remap-exit",
+        parse_remap,
+        "FROM:TO",
+        "Replace exit code FROM by TO (repeatable; applied last).",
+        multiple=True,
+    ),
+    Option(
+        "shutdown-signal",
+        parse_signal,
+        "SIGNAL",
+        "Signal that starts the graceful shutdown (repeatable)  [default: TERM]",
+        multiple=True,
+    ),
     Option("stop-signal", parse_signal, "SIGNAL", "Signal sent to the app to stop it.", "TERM"),
-    Option("grace", parse_duration, "SECONDS",
-           "Hard deadline, from the shutdown signal, for the delay, drains and the app's "
-           "stop; then everything left is SIGKILLed. 0: SIGKILL at once.", "8"),
-    Option("pre-stop-delay", parse_duration, "SECONDS",
-           "Wait this long after the shutdown signal before draining (lets load balancers "
-           "deregister the container).", "0"),
-    Option("drain", parse_exec_drain, "COMMAND",
-           "Command to run before the stop signal (repeatable, in order; split like a shell, "
-           "run without one).", multiple=True),
-    Option("drain-http", parse_http_drain, "[METHOD ]URL",
-           "HTTP request to send before the stop signal, after the drain commands "
-           "(repeatable; 2xx/3xx is success).", multiple=True),
-    Option("termination-log", parse_path, "PATH",
-           "Write a short report here at exit  [default: /dev/termination-log when writable]"),
+    Option(
+        "grace",
+        parse_duration,
+        "SECONDS",
+        "Hard deadline, from the shutdown signal, for the delay, drains and the app's "
+        "stop; then everything left is SIGKILLed. 0: SIGKILL at once.",
+        "8",
+    ),
+    Option(
+        "pre-stop-delay",
+        parse_duration,
+        "SECONDS",
+        "Wait this long after the shutdown signal before draining (lets load balancers "
+        "deregister the container).",
+        "0",
+    ),
+    Option(
+        "drain",
+        parse_exec_drain,
+        "COMMAND",
+        "Command to run before the stop signal (repeatable, in order; split like a shell, "
+        "run without one).",
+        multiple=True,
+    ),
+    Option(
+        "drain-http",
+        parse_http_drain,
+        "[METHOD ]URL",
+        "HTTP request to send before the stop signal, after the drain commands "
+        "(repeatable; 2xx/3xx is success).",
+        multiple=True,
+    ),
+    Option(
+        "termination-log",
+        parse_path,
+        "PATH",
+        "Write a short report here at exit  [default: /dev/termination-log when writable]",
+    ),
+    Option(
+        "init",
+        parse_exec_drain,
+        "COMMAND",
+        "Command to run to completion before the app starts (repeatable, in order); the "
+        "first that fails ends pidone with its exit code.",
+        multiple=True,
+    ),
+    Option(
+        "post-start",
+        parse_exec_drain,
+        "COMMAND",
+        "Command to run right after the app starts, beside it (repeatable, in order); "
+        "if one fails or times out the app is stopped.",
+        multiple=True,
+    ),
+    Option(
+        "post-start-http",
+        parse_http_drain,
+        "[METHOD ]URL",
+        "HTTP request to send after the post-start commands (repeatable).",
+        multiple=True,
+    ),
+    Option(
+        "hook-timeout",
+        parse_positive_duration,
+        "SECONDS",
+        "Time limit of each post-start hook.",
+        "30",
+    ),
+    *(
+        option
+        for kind in PROBES
+        for option in (
+            Option(
+                f"{kind}-probe",
+                parse_probe_target,
+                "TARGET",
+                f"{kind.capitalize()} probe: http(s)://HOST:PORT/PATH (200-399), "
+                "tcp://HOST:PORT (connection accepted) or exec:COMMAND (exit 0).",
+            ),
+            Option(
+                f"{kind}-initial-delay",
+                parse_duration,
+                "SECONDS",
+                "Wait this long after the app starts before the first probe.",
+                "0",
+            ),
+            Option(f"{kind}-period", parse_positive_duration, "SECONDS", "Probe this often.", "10"),
+            Option(
+                f"{kind}-timeout",
+                parse_positive_duration,
+                "SECONDS",
+                "A probe taking longer fails.",
+                "1",
+            ),
+            Option(
+                f"{kind}-failure-threshold",
+                parse_count,
+                "N",
+                "This many failures in a row count as failed.",
+                "3",
+            ),
+        )
+    ),
+    Option(
+        "readiness-success-threshold",
+        parse_count,
+        "N",
+        "This many successes in a row count as ready again.",
+        "1",
+    ),
+    Option(
+        "status-addr",
+        parse_status_addr,
+        "HOST:PORT",
+        "Serve /livez, /readyz and /status here (off by default).",
+    ),
 )
 BY_NAME = {opt.name: opt for opt in OPTIONS}
 
@@ -94,7 +226,32 @@ def build_config(values: Mapping[str, Any], argv: Sequence[str]) -> Config:
         pre_stop_delay=values["pre_stop_delay"],
         drains=(*values["drain"], *values["drain_http"]),
         termination_log=values["termination_log"],
+        inits=tuple(values["init"]),
+        post_start=(*values["post_start"], *values["post_start_http"]),
+        hook_timeout=values["hook_timeout"],
+        probes=tuple(
+            Probe(
+                kind,
+                values[f"{kind}_probe"],
+                initial_delay=values[f"{kind}_initial_delay"],
+                period=values[f"{kind}_period"],
+                timeout=values[f"{kind}_timeout"],
+                failure_threshold=values[f"{kind}_failure_threshold"],
+                success_threshold=values["readiness_success_threshold"]
+                if kind == "readiness"
+                else 1,
+            )
+            for kind in PROBES
+            if values[f"{kind}_probe"] is not None
+        ),
+        status_addr=values["status_addr"],
     )
+
+
+# --config FILE: read before the other options, whose defaults it supplies.
+CONFIG_ENVVAR = "PIDONE_CONFIG"
+# Flags (no value) the click command knows besides the options above.
+FLAGS = ("--check", "--help", "-h", "--version")
 
 
 def fast_parse(args: Sequence[str], environ: Mapping[str, str]) -> Config | None:
@@ -103,9 +260,16 @@ def fast_parse(args: Sequence[str], environ: Mapping[str, str]) -> Config | None
     if split is None:
         return None
     given, command = split
+    configs = given.pop("config", None)
+    path = configs[-1] if configs else environ.get(CONFIG_ENVVAR) or None
+    file_values: Mapping[str, str | list[str]] = {}
     try:
-        return build_config(_values(given, environ), command)
-    except ValueError:
+        if path is not None:
+            from pidone import configfile
+
+            file_values = configfile.load(path)
+        return build_config(_values(given, environ, file_values), command)
+    except ValueError:  # configfile.ConfigFileError included
         return None
 
 
@@ -120,8 +284,8 @@ def _split(args: Sequence[str]) -> tuple[dict[str, list[str]], Sequence[str]] | 
         if not arg.startswith("-") or arg == "-":
             return given, args[i:]
         name, eq, value = arg[2:].partition("=")
-        if not arg.startswith("--") or name not in BY_NAME:
-            return None  # short options (-h) and unknown ones are click's to explain
+        if not arg.startswith("--") or (name not in BY_NAME and name != "config"):
+            return None  # short options (-h), --check and unknown ones are click's to explain
         if not eq:
             i += 1
             if i == len(args):
@@ -132,14 +296,21 @@ def _split(args: Sequence[str]) -> tuple[dict[str, list[str]], Sequence[str]] | 
     return None  # no COMMAND
 
 
-def _values(given: Mapping[str, list[str]], environ: Mapping[str, str]) -> dict[str, Any]:
-    """Each option's parsed value: command line, else environment, else default."""
+def _values(
+    given: Mapping[str, list[str]],
+    environ: Mapping[str, str],
+    file_values: Mapping[str, str | list[str]],
+) -> dict[str, Any]:
+    """Each option's parsed value: command line, else environment, else file, else default."""
     values: dict[str, Any] = {}
     for opt in OPTIONS:
         raw = given.get(opt.name)
         if raw is None and environ.get(opt.envvar):
             env = environ[opt.envvar]
             raw = env.split(ENV_SEPARATOR) if opt.multiple else [env]
+        if raw is None and opt.key in file_values:
+            from_file = file_values[opt.key]
+            raw = from_file if isinstance(from_file, list) else [from_file]
         if opt.multiple:
             values[opt.key] = tuple(opt.parse(text) for text in raw or ())
         elif raw is not None:
@@ -147,3 +318,37 @@ def _values(given: Mapping[str, list[str]], environ: Mapping[str, str]) -> dict[
         else:
             values[opt.key] = None if opt.default is None else opt.parse(opt.default)
     return values
+
+
+def scan(args: Sequence[str]) -> tuple[list[tuple[str, str | None]], list[str]]:
+    """The options before COMMAND as (option, value) pairs, and COMMAND; never fails.
+
+    Splits the way click does: an option of the table (or ``--config``) takes
+    the next argument as its value, ``--name=value`` carries its own; flags and
+    unknown options take none.  The value is None when there is none (a value
+    option at the very end).  For ``--check``, which reports every mistake.
+    """
+    pairs: list[tuple[str, str | None]] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            return pairs, list(args[i + 1 :])
+        if not arg.startswith("-") or arg == "-":
+            return pairs, list(args[i:])
+        name, eq, value = arg.partition("=")
+        if eq and name.startswith("--"):
+            pairs.append((name, value))
+        elif arg.startswith("--") and (arg[2:] in BY_NAME or arg[2:] == "config"):
+            i += 1
+            pairs.append((arg, args[i] if i < len(args) else None))
+        else:
+            pairs.append((arg, None))
+        i += 1
+    return pairs, []
+
+
+def wants_check(args: Sequence[str]) -> bool:
+    """``--check`` is among the options (and neither --help nor --version is)."""
+    names = {name for name, _ in scan(args)[0]}
+    return "--check" in names and not names & {"--help", "-h", "--version"}

@@ -8,6 +8,9 @@ Reasons (stable; people alert on them):
 - ``Killed``     pidone had to SIGKILL something at the deadline, or was forced
 - ``OOMKilled``  the memory cgroup counted an OOM kill during the run
 - ``StartError`` the app could not be executed (127 not found, 126 not executable)
+- ``InitFailed``  an init command failed (its exit code is pidone's)
+- ``PostStartHookFailed``, ``StartupProbeFailed``, ``LivenessProbeFailed``
+                  pidone stopped the app because of that; never exit code 0
 """
 
 from __future__ import annotations
@@ -33,50 +36,70 @@ class Report:
     shutdown_signal: int | None = None
     drains: list[DrainOutcome] = field(default_factory=list)
     killed: list[ProcessInfo] = field(default_factory=list)
+    failure: str | None = None  # a reason of pidone's own deciding (see above)
+    failed_step: str | None = None  # the init command that failed
+    failure_detail: dict[str, str] | None = None  # the failing hook's or probe's last words
+    hooks: list[dict[str, object]] = field(default_factory=list)
 
     def reason(self, shutdown: Shutdown) -> str:
-        if self.start_error is not None:
-            return "StartError"
-        if self.oom:
-            return "OOMKilled"
-        if shutdown.forced or (shutdown.escalated and self.killed):
-            return "Killed"
-        if self.app_signal is not None:
-            return "Signaled"
-        return "Completed" if self.app_code == 0 else "Error"
+        # In order of what explains the end best: the first that holds wins.
+        ladder = (
+            (self.failure == "InitFailed", "InitFailed"),
+            (self.start_error is not None, "StartError"),
+            (self.oom, "OOMKilled"),
+            (self.failure is not None, self.failure),
+            (shutdown.forced or (shutdown.escalated and bool(self.killed)), "Killed"),
+            (self.app_signal is not None, "Signaled"),
+            (self.app_code == 0, "Completed"),
+        )
+        return next((str(reason) for holds, reason in ladder if holds), "Error")
 
     def exit_code(self) -> int:
         # The app is reaped before pidone finishes, even after SIGKILL; only a
         # process stuck in the kernel leaves no status: report it as killed.
-        return 137 if self.app_code is None else self.app_code
+        code = 137 if self.app_code is None else self.app_code
+        if code == 0 and self.failure is not None:
+            return 1  # the app stopped cleanly, but because it was unhealthy
+        return code
 
     def fields(self, shutdown: Shutdown, now: float, exit_code: int) -> dict[str, object]:
+        """The final event's keys; those that do not apply are left out."""
         out: dict[str, object] = {"reason": self.reason(shutdown), "exit_code": exit_code}
-        if self.app_signal is not None:
-            out["signal"] = signal_name(self.app_signal)
-        if self.start_error is not None:
-            out["error"] = self.start_error
+        optional: dict[str, object] = {
+            "signal": None if self.app_signal is None else signal_name(self.app_signal),
+            "error": self.start_error,
+            "init": self.failed_step,
+            "failure": self.failure_detail,
+            "post_start_hooks": self.hooks or None,
+        }
         if shutdown.started_at is not None:
-            out["cause"] = shutdown.cause
-            if self.shutdown_signal is not None:
-                out["shutdown_signal"] = signal_name(self.shutdown_signal)
-            out["duration_s"] = round(now - shutdown.started_at, 3)
-            out["phases"] = [
+            optional.update(self._shutdown_fields(shutdown, shutdown.started_at, now))
+        optional["forced"] = True if shutdown.forced else None
+        optional["drains"] = [d.as_dict() for d in self.drains] or None
+        if self.killed:
+            optional["killed"] = [
+                {"pid": p.pid, "cmdline": p.cmdline[:200]} for p in self.killed[:50]
+            ]
+            optional["killed_count"] = len(self.killed)
+        out.update((key, value) for key, value in optional.items() if value is not None)
+        return out
+
+    def _shutdown_fields(self, shutdown: Shutdown, t0: float, now: float) -> dict[str, object]:
+        return {
+            "cause": shutdown.cause,
+            "shutdown_signal": (
+                None if self.shutdown_signal is None else signal_name(self.shutdown_signal)
+            ),
+            "duration_s": round(now - t0, 3),
+            "phases": [
                 {
                     "phase": rec.phase.value,
-                    "start_s": round(rec.start - shutdown.started_at, 3),
+                    "start_s": round(rec.start - t0, 3),
                     "duration_s": round((rec.end if rec.end is not None else now) - rec.start, 3),
                 }
                 for rec in shutdown.history
-            ]
-        if shutdown.forced:
-            out["forced"] = True
-        if self.drains:
-            out["drains"] = [d.as_dict() for d in self.drains]
-        if self.killed:
-            out["killed"] = [{"pid": p.pid, "cmdline": p.cmdline[:200]} for p in self.killed[:50]]
-            out["killed_count"] = len(self.killed)
-        return out
+            ],
+        }
 
     def timeline(self, shutdown: Shutdown, now: float) -> list[str]:
         """A compact table of the shutdown for people reading a console."""
@@ -84,6 +107,12 @@ class Report:
             return []
         t0 = shutdown.started_at
         lines = [f"shutdown timeline ({shutdown.cause}, grace {shutdown.grace:g}s):"]
+        lines.extend(
+            f"  post-start {'ok' if h['ok'] else 'FAILED'}: {h['hook']} ({h['detail']})"
+            for h in self.hooks
+        )
+        if self.failure_detail is not None and self.failure is not None:
+            lines.append(f"  {self.failure}: {self.failure_detail['detail']}")
         for rec in shutdown.history:
             end = rec.end if rec.end is not None else now
             lines.append(f"  +{rec.start - t0:7.3f}s  {rec.phase.value:<9} {end - rec.start:7.3f}s")

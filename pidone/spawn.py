@@ -42,10 +42,18 @@ class SpawnError(Exception):
         super().__init__(f"cannot execute {argv0!r}: {os.strerror(err)}")
 
 
-def spawn(argv: tuple[str, ...], *, tty_fd: int | None = None) -> int:
+def spawn(
+    argv: tuple[str, ...],
+    *,
+    tty_fd: int | None = None,
+    quiet_stdin: bool = False,
+    output_fd: int | None = None,
+) -> int:
     """Start ``argv`` (searched in PATH) in a new process group, signals at default.
 
     With ``tty_fd``, the new group also becomes the terminal's foreground group.
+    ``quiet_stdin`` gives the child /dev/null as stdin (a hook or probe must not
+    read what is typed for the app); ``output_fd`` takes its stdout and stderr.
     """
     read_end, write_end = os.pipe()  # both close-on-exec
     pid = os.fork()
@@ -59,6 +67,12 @@ def spawn(argv: tuple[str, ...], *, tty_fd: int | None = None) -> int:
                 # SIGTTOU would stop us: ignore it for the call.
                 signal.signal(signal.SIGTTOU, signal.SIG_IGN)
                 os.tcsetpgrp(tty_fd, os.getpid())
+            if quiet_stdin:
+                null = os.open(os.devnull, os.O_RDONLY)
+                os.dup2(null, 0)
+            if output_fd is not None:
+                os.dup2(output_fd, 1)
+                os.dup2(output_fd, 2)
             for signum in _DEFAULTED:
                 signal.signal(signum, signal.SIG_DFL)
             signal.pthread_sigmask(signal.SIG_SETMASK, ())

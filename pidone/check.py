@@ -1,0 +1,296 @@
+"""``pidone --check``: validate the configuration and explain it, start nothing.
+
+Meant for CI: run an image's ENTRYPOINT with ``--check`` added and it either
+prints the effective settings (each with where it came from: default, file,
+env or flag) and the shutdown plan as a timeline, exit code 0, or lists
+*every* mistake it found, one line each, exit code 2.
+
+The values go through the same parsers, and the same precedence (command line
+> environment > config file > defaults), as a real start; the timeline follows
+the budget rules of :mod:`pidone.lifecycle`.  Nothing here is on the start-up
+path of an app, so this module may import whatever it likes.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple, TextIO
+
+from pidone import configfile
+from pidone.config import (
+    Config,
+    ExecDrain,
+    HttpDrain,
+    TcpCheck,
+    parse_duration,
+    parse_positive_duration,
+    parse_signal,
+    signal_name,
+)
+from pidone.lifecycle import KILL_WAIT, app_reserve
+from pidone.options import (
+    BY_NAME,
+    CONFIG_ENVVAR,
+    ENV_SEPARATOR,
+    OPTIONS,
+    Option,
+    build_config,
+    scan,
+)
+
+FLAG = "flag"
+DEFAULT = "default"
+
+
+class Setting(NamedTuple):
+    """One option's effective value and where it came from."""
+
+    option: Option
+    value: Any  # parsed; a tuple for repeatable options
+    source: str  # "default", "flag", "env NAME" or "file PATH:LINE"
+
+
+class Resolved(NamedTuple):
+    """Everything ``--check`` found out about a command line and its environment."""
+
+    settings: list[Setting]
+    command: list[str]
+    config_file: tuple[str, str] | None  # (path, source)
+    errors: list[str]  # one line each, every mistake found
+    config: Config | None  # None when there are errors
+
+
+class Step(NamedTuple):
+    """One line of the shutdown timeline, in seconds from the shutdown signal."""
+
+    start: float
+    duration: float | None
+    what: str
+
+
+def run(
+    args: Sequence[str],
+    environ: Mapping[str, str],
+    out: TextIO | None = None,
+    err: TextIO | None = None,
+) -> int:
+    """Check ``args`` (the command line, with ``--check`` in it); the exit code."""
+    out = sys.stdout if out is None else out
+    err = sys.stderr if err is None else err
+    resolved = resolve(args, environ)
+    if resolved.errors:
+        for error in resolved.errors:
+            print(f"pidone: error: {error}", file=err)
+        count = len(resolved.errors)
+        print(f"pidone --check: {count} error{'s' if count > 1 else ''}", file=err)
+        return 2
+    out.write(report(resolved))
+    out.flush()
+    return 0
+
+
+def resolve(args: Sequence[str], environ: Mapping[str, str]) -> Resolved:
+    """Every option's value and source, and every mistake: flags, environment, file."""
+    errors: list[str] = []
+    pairs, command = scan(args)
+    given = _given(pairs, errors)
+    config_file: tuple[str, str] | None = None
+    if "config" in given:
+        config_file = (given["config"][-1], FLAG)
+    elif environ.get(CONFIG_ENVVAR):
+        config_file = (environ[CONFIG_ENVVAR], f"env {CONFIG_ENVVAR}")
+    loaded = configfile.read(config_file[0]) if config_file is not None else None
+    if loaded is not None:
+        errors.extend(loaded.errors)
+
+    settings: list[Setting] = []
+    values: dict[str, Any] = {}
+    for opt in OPTIONS:
+        texts, source, where = _raw(opt, given, environ, loaded)
+        parsed: list[Any] = []
+        for text in texts:
+            try:
+                parsed.append(opt.parse(text))
+            except ValueError as exc:
+                errors.append(f"Invalid value for {where}: {exc}")
+        values[opt.key] = tuple(parsed) if opt.multiple else (parsed[-1] if parsed else None)
+        settings.append(Setting(opt, values[opt.key], source))
+    config = None if errors else build_config(values, command)
+    return Resolved(settings, command, config_file, errors, config)
+
+
+def _given(pairs: list[tuple[str, str | None]], errors: list[str]) -> dict[str, list[str]]:
+    """Option texts from the command line by option name; mistakes go to ``errors``."""
+    given: dict[str, list[str]] = {}
+    for name, value in pairs:
+        known = name.startswith("--") and (name[2:] in BY_NAME or name[2:] == "config")
+        if name == "--check":
+            if value is not None:
+                errors.append("Option '--check' does not take a value.")
+        elif not known:
+            errors.append(f"No such option: {name!r}.")
+        elif value is None:
+            errors.append(f"Option {name!r} requires an argument.")
+        else:
+            given.setdefault(name[2:], []).append(value)
+    return given
+
+
+def _raw(
+    opt: Option,
+    given: Mapping[str, list[str]],
+    environ: Mapping[str, str],
+    loaded: configfile.Loaded | None,
+) -> tuple[list[str], str, str]:
+    """The option's effective texts, their source, and how to name them in an error."""
+    if opt.name in given:
+        return given[opt.name], FLAG, f"'--{opt.name}'"
+    env = environ.get(opt.envvar)
+    if env:
+        texts = env.split(ENV_SEPARATOR) if opt.multiple else [env]
+        return texts, f"env {opt.envvar}", f"{opt.envvar} (--{opt.name})"
+    if loaded is not None and opt.key in loaded.values:
+        value = loaded.values[opt.key]
+        line = loaded.line(opt.key)
+        where = f"{loaded.path}:{line}" if line is not None else loaded.path
+        return (value if isinstance(value, list) else [value]), f"file {where}", where
+    return ([] if opt.default is None else [opt.default]), DEFAULT, f"default of --{opt.name}"
+
+
+# The shutdown plan -----------------------------------------------------------------
+
+
+def plan(config: Config) -> list[Step]:
+    """The shutdown as a timeline, worst case: every drain uses its whole share.
+
+    Same rules as :class:`pidone.lifecycle.Shutdown`: the pre-stop delay and
+    the drains share the window ``grace - app_reserve(grace)``; each drain gets
+    an equal share of what is left of it when it starts; the stop signal goes
+    out when the drains are done; at ``grace`` everything left is SIGKILLed.
+    """
+    grace = config.grace
+    stop = signal_name(config.stop_signal)
+    steps = [Step(0.0, None, "shutdown signal received")]
+    if grace <= 0:
+        steps.append(Step(0.0, None, "grace 0: SIGKILL to everything at once, no drains"))
+        steps.append(Step(0.0, KILL_WAIT, "reap what was killed; pidone exits at the latest"))
+        return steps
+    reserve = app_reserve(grace)
+    window = grace - reserve
+    now = 0.0
+    if config.pre_stop_delay > 0 or config.drains:
+        delay = min(config.pre_stop_delay, window)
+        if config.pre_stop_delay > 0:
+            cut = f" (cut from {config.pre_stop_delay:g}s)" if delay < config.pre_stop_delay else ""
+            steps.append(Step(0.0, delay, f"pre-stop delay{cut}"))
+        now = delay
+        count = len(config.drains)
+        for index, drain in enumerate(config.drains):
+            remaining = count - index
+            if now >= window:
+                steps.append(Step(now, 0.0, f"drains {index + 1}-{count} skipped: no time left"))
+                break
+            share = (window - now) / remaining
+            steps.append(Step(now, share, f"drain {index + 1}/{count}: {drain.describe()}"))
+            now += share
+    to = "the app" if config.signal_to == "child" else "the app's process group"
+    steps.append(
+        Step(
+            now,
+            grace - now,
+            f"stop signal {stop} to {to}; its time to exit (reserve {reserve:g}s)",
+        )
+    )
+    steps.append(Step(grace, KILL_WAIT, "kill deadline: SIGKILL to everything still running"))
+    steps.append(Step(grace + KILL_WAIT, None, "pidone exits at the latest"))
+    return steps
+
+
+def warnings(config: Config) -> list[str]:
+    """Settings that are valid but probably not what was meant."""
+    found: list[str] = []
+    grace = config.grace
+    if grace <= 0 and (config.pre_stop_delay > 0 or config.drains):
+        found.append("grace is 0: the pre-stop delay and the drains never run")
+    elif grace > 0:
+        window = grace - app_reserve(grace)
+        if config.pre_stop_delay > window:
+            found.append(
+                f"pre-stop-delay {config.pre_stop_delay:g}s is cut to {window:g}s: the app keeps "
+                f"a reserve of {app_reserve(grace):g}s of the {grace:g}s grace"
+            )
+        if config.drains and config.pre_stop_delay >= window:
+            found.append("the pre-stop delay uses the whole drain window: no drain will run")
+    if not config.argv:
+        found.append("no COMMAND given: only the options were checked")
+    elif os.sep not in config.argv[0] and shutil.which(config.argv[0]) is None:
+        found.append(
+            f"COMMAND {config.argv[0]!r} is not on this machine's PATH "
+            "(fine if it exists where pidone will run)"
+        )
+    return found
+
+
+# The report ------------------------------------------------------------------------
+
+
+def report(resolved: Resolved) -> str:
+    """The text ``--check`` prints for a valid configuration."""
+    config = resolved.config
+    assert config is not None
+    lines = ["pidone --check: configuration OK", "", "settings:"]
+    rows: list[tuple[str, str, str]] = []
+    if resolved.config_file is not None:
+        path, source = resolved.config_file
+        rows.append(("config", path, source))
+    for setting in resolved.settings:
+        shown = _show(setting.option, setting.value)
+        rows.append((setting.option.name, shown[0], setting.source))
+        rows.extend(("", more, "") for more in shown[1:])
+    name_width = max(len(name) for name, _, _ in rows)
+    value_width = min(48, max(len(value) for _, value, _ in rows))
+    for name, value, source in rows:
+        lines.append(f"  {name:<{name_width}}  {value:<{value_width}}  {source}".rstrip())
+    command = " ".join(resolved.command) if resolved.command else "(none)"
+    lines += ["", f"command: {command}", ""]
+    lines.append(
+        f"shutdown plan (grace {config.grace:g}s; worst case: each drain uses its whole share):"
+    )
+    for step in plan(config):
+        length = "" if step.duration is None else f"{step.duration:.3f}s"
+        lines.append(f"  +{step.start:8.3f}s  {length:>9}  {step.what}")
+    found = warnings(config)
+    if found:
+        lines += ["", "warnings:"]
+        lines += [f"  {warning}" for warning in found]
+    return "\n".join(lines) + "\n"
+
+
+def _show(opt: Option, value: Any) -> list[str]:
+    """The value as text: one line, or one per value for repeatable options."""
+    if opt.name == "shutdown-signal" and not value:
+        return ["SIGTERM"]
+    if opt.multiple:
+        return [_one(opt, item) for item in value] or ["-"]
+    if value is None:
+        if opt.name == "termination-log":
+            return ["- (/dev/termination-log when writable)"]
+        return ["-"]
+    return [_one(opt, value)]
+
+
+def _one(opt: Option, value: Any) -> str:
+    if opt.parse is parse_signal:
+        return signal_name(value)
+    if opt.parse in (parse_duration, parse_positive_duration):
+        return f"{value:g}s"
+    if isinstance(value, ExecDrain) and opt.name.endswith("-probe"):
+        return "exec:" + value.describe()
+    if isinstance(value, ExecDrain | HttpDrain | TcpCheck):
+        return value.describe()
+    if opt.name in ("remap-exit", "status-addr"):
+        return f"{value[0]}:{value[1]}"  # FROM:TO, HOST:PORT
+    return str(value)
