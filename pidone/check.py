@@ -118,7 +118,12 @@ def resolve(args: Sequence[str], environ: Mapping[str, str]) -> Resolved:
                 errors.append(f"Invalid value for {where}: {exc}")
         values[opt.key] = tuple(parsed) if opt.multiple else (parsed[-1] if parsed else None)
         settings.append(Setting(opt, values[opt.key], source))
-    config = None if errors else build_config(values, command)
+    config = None
+    if not errors:
+        try:
+            config = build_config(values, command)
+        except ValueError as exc:
+            errors.append(str(exc))
     return Resolved(settings, command, config_file, errors, config)
 
 

@@ -52,6 +52,18 @@ class _Parsed(click.ParamType):  # type: ignore[type-arg]  # generic only in cli
 
 
 def _click_option(option: Option) -> Callable[[Any], Any]:
+    if option.flag:
+        # Present means "true"; the environment and config files say true or false.
+        return click.option(
+            f"--{option.name}",
+            envvar=option.envvar,
+            show_envvar=True,
+            is_flag=True,
+            flag_value="true",
+            type=_Parsed(option),
+            default=option.default,
+            help=option.help,
+        )
     return click.option(
         f"--{option.name}",
         envvar=option.envvar,
@@ -89,7 +101,10 @@ def _command(ctx: click.Context, /, **values: Any) -> Config:
         click.echo(ctx.get_usage(), err=True)
         click.echo("Error: missing COMMAND", err=True)
         ctx.exit(2)
-    return build_config(values, argv)
+    try:
+        return build_config(values, argv)
+    except ValueError as exc:  # a rule between options, e.g. --watchdog without --notify
+        raise click.UsageError(str(exc), ctx) from None
 
 
 def _build() -> click.Command:

@@ -91,6 +91,12 @@ class Config(NamedTuple):
     hook_timeout: float = 30.0
     probes: tuple[Probe, ...] = ()
     status_addr: tuple[str, int] | None = None
+    notify: bool = False
+    watchdog: float | None = None
+    restart: str = "never"  # never | on-failure | always
+    restart_delay: float = 10.0
+    restart_delay_max: float = 300.0
+    restart_reset: float = 600.0
 
     def probe(self, kind: str) -> Probe | None:
         return next((p for p in self.probes if p.kind == kind), None)
@@ -261,3 +267,13 @@ def parse_probe_target(text: str) -> Check:
     if raw.startswith("exec:"):
         return parse_exec_drain(raw[len("exec:") :])
     raise ValueError(f"{text!r} is not http://..., https://..., tcp://HOST:PORT or exec:COMMAND")
+
+
+def parse_bool(text: str) -> bool:
+    """For flags set through the environment or a config file."""
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{text!r} is not a boolean (true/false, 1/0, yes/no, on/off)")

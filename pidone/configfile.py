@@ -175,6 +175,12 @@ def _unknown(name: str, allowed: Any) -> str:
 
 def _text(option: Option, value: Any) -> FileValue:
     """The TOML value as the text the command line would have given."""
+    if option.flag:  # a flag: true or false (or the words the environment takes)
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, str):
+            return value
+        raise ValueError(f"expected true or false, got {_kind(value)}")
     numeric = option.parse in NUMERIC_PARSERS
     scalar = "a number or a string" if numeric else "a string"
     if not option.multiple:

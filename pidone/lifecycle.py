@@ -270,3 +270,36 @@ class Shutdown:
         self.phase = phase
         if phase is not Phase.DONE:
             self.history.append(PhaseRecord(phase, now))
+
+
+class Backoff:
+    """CrashLoopBackOff: a delay that doubles per restart, capped, reset by a good run.
+
+    Pure arithmetic, like the rest of this module: the loop tells it how long
+    the run that just ended lasted and gets the delay before the next start.
+    """
+
+    def __init__(self, delay: float, maximum: float, reset_after: float) -> None:
+        self.delay = delay
+        self.maximum = maximum
+        self.reset_after = reset_after
+        self.restarts = 0  # in a row, since the last reset
+        self.total = 0
+
+    def next_delay(self, run_duration: float) -> float:
+        if run_duration >= self.reset_after:
+            self.restarts = 0  # it ran long enough without failing: start over
+        wait = min(self.delay * (2**self.restarts), self.maximum) if self.delay > 0 else 0.0
+        self.restarts += 1
+        self.total += 1
+        return wait
+
+
+def should_restart(policy: str, cause: str | None, exit_code: int, failed: bool) -> bool:
+    """Whether the run that just ended is followed by another.
+
+    A stop that came from outside (the shutdown signal) is never undone.
+    """
+    if policy == "never" or cause == "signal":
+        return False
+    return policy == "always" or exit_code != 0 or failed

@@ -29,6 +29,7 @@ from pidone.config import Config, signal_name
 from pidone.hooks import Result, Runner
 from pidone.lifecycle import (
     Action,
+    Backoff,
     CancelDrain,
     Finish,
     KillAll,
@@ -37,6 +38,7 @@ from pidone.lifecycle import (
     Shutdown,
     SignalApp,
     SignalRest,
+    should_restart,
 )
 
 # The longest single wait: select() refuses timeouts past the platform's
@@ -71,6 +73,18 @@ class Supervisor:
         self.init_index = 0
         self.app_started_at: float | None = None
         self.hooks_ok: bool | None = None  # post-start hooks: None while running
+        # sd_notify: the socket (with --notify), the environment that names it,
+        # and what the app said in this run.
+        self.notify: Any = None
+        self.app_env: dict[str, str] | None = None
+        self.notified_ready = False
+        self.notify_status: str | None = None
+        self.watchdog_deadline: float | None = None
+        # Restarts: the backoff, the time of the next start, the last run's end.
+        self.backoff = Backoff(config.restart_delay, config.restart_delay_max, config.restart_reset)
+        self.restart_at: float | None = None
+        self.last_exit: dict[str, object] | None = None
+        self.base_log: Any = None
         # SIGCHLD and the shutdown signals must never be lost.  The wakeup pipe
         # drops bytes once full (a storm of forwarded signals the loop has not
         # drained yet), so these are taken by a recording handler; their bytes
@@ -130,7 +144,7 @@ class Supervisor:
         self.stage = "app"
         self.shutdown = self._app_shutdown()
         try:
-            pid = spawn.spawn(self.config.argv, tty_fd=self._tty())
+            pid = spawn.spawn(self.config.argv, tty_fd=self._tty(), env=self.app_env)
         except spawn.SpawnError as exc:
             self._cannot_start(exc, "app")
             return
@@ -158,6 +172,10 @@ class Supervisor:
     def _app_running(self, pid: int, now: float) -> None:
         self.app_pid = pid
         self.app_started_at = now
+        self.notified_ready = False
+        self.notify_status = None
+        if self.config.watchdog is not None:
+            self.watchdog_deadline = now + self.config.watchdog
         self.log.info(
             "app_started",
             pid=pid,
@@ -228,6 +246,23 @@ class Supervisor:
         if self.probes is not None:
             self.probes.stop()
         self.runner.cancel_all("shutdown began")
+        self.watchdog_deadline = None
+
+    def on_notify(self, fields: dict[str, str]) -> None:
+        """A datagram from the app on the sd_notify socket."""
+        if self.stage != "app" or self.app_pid is None:
+            return
+        if fields.get("READY") == "1" and not self.notified_ready:
+            self.notified_ready = True
+            self.log.info("app_notified_ready")
+        if "STATUS" in fields and fields["STATUS"] != self.notify_status:
+            self.notify_status = fields["STATUS"][:512]
+            self.log.info("app_status", status=self.notify_status)
+        if fields.get("STOPPING") == "1":
+            self.log.info("app_notified_stopping")
+        if fields.get("WATCHDOG") == "1" and self.watchdog_deadline is not None:
+            assert self.config.watchdog is not None
+            self.watchdog_deadline = time.monotonic() + self.config.watchdog
 
     def snapshot(self) -> Any:
         """What the status endpoint reports, read at the moment of each request."""
@@ -241,6 +276,7 @@ class Supervisor:
             and self.shutdown.phase is Phase.RUNNING
             and self.hooks_ok is True
             and (probes is None or probes.ready)
+            and (self.notified_ready or not self.config.notify)
         )
         now = time.monotonic()
         status: dict[str, object] = {
@@ -251,6 +287,9 @@ class Supervisor:
             "live": live,
             "ready": ready,
             "post_start_hooks": self.report.hooks,
+            "restarts": self.backoff.total,
+            "last_exit": self.last_exit,
+            "notify_status": self.notify_status,
             "probes": {k: v.as_dict() for k, v in probes.states.items()} if probes else {},
         }
         if self.shutdown.started_at is not None:
@@ -274,6 +313,7 @@ class Supervisor:
         from pidone import cgroup, log, report
 
         self.log = log.setup(self.config.log_format, self.config.log_level, self._on_broken_pipe)
+        self.base_log = self.log
         self.report = report.Report()
         self.oom_before = cgroup.oom_kills()
 
@@ -306,10 +346,19 @@ class Supervisor:
 
     def _next_deadline(self) -> float | None:
         times = [c.next_deadline() for c in (self.shutdown, *self._components())]
+        times += [self.watchdog_deadline, self.restart_at]
         due = [t for t in times if t is not None]
         return min(due) if due else None
 
     def _on_deadlines(self, now: float) -> None:
+        if self.watchdog_deadline is not None and now >= self.watchdog_deadline:
+            self.watchdog_deadline = None
+            silence = f"no WATCHDOG=1 for {self.config.watchdog:g}s"
+            self.log.warning("Unhealthy", probe="watchdog", healthy=False, detail=silence)
+            self._stop_for("WatchdogTimeout", "watchdog", Result(False, silence, "", 0.0))
+        if self.restart_at is not None and now >= self.restart_at:
+            self.restart_at = None
+            self._restart()
         for component in self._components():
             deadline = component.next_deadline()
             if deadline is not None and now >= deadline:
@@ -385,6 +434,11 @@ class Supervisor:
 
     def _on_shutdown_signal(self, signum: int) -> None:
         now = time.monotonic()
+        if self.restart_at is not None:  # waiting to restart: nothing runs, end now
+            self.restart_at = None
+            self.log.info("shutdown_during_backoff", signal=signal_name(signum))
+            self.done = True
+            return
         first = self.shutdown.started_at is None or self.report.shutdown_signal is None
         if first:
             self.report.shutdown_signal = signum
@@ -523,7 +577,7 @@ class Supervisor:
             elif isinstance(action, KillAll):
                 self._kill_all()
             elif isinstance(action, Finish):
-                self.done = True
+                self._run_over()
 
     def _signal_app(self, signum: int) -> None:
         assert self.app_pid is not None
@@ -572,6 +626,41 @@ class Supervisor:
 
     # -- the end ----------------------------------------------------------------
 
+    def _run_over(self) -> None:
+        """The app and everything it started are gone: restart it, or end pidone."""
+        now = time.monotonic()
+        code = self.report.exit_code()
+        reason = self.report.reason(self.shutdown)
+        failed = self.report.failure is not None
+        restart = (
+            self.stage == "app"
+            and self.report.start_error is None
+            and should_restart(self.config.restart, self.shutdown.cause, code, failed)
+        )
+        if not restart:
+            self.done = True
+            return
+        ran = now - (self.app_started_at or now)
+        delay = self.backoff.next_delay(ran)
+        self.last_exit = {"reason": reason, "exit_code": code, "ran_s": round(ran, 3)}
+        self.log.info("run_ended", **self.report.fields(self.shutdown, now, code))
+        self.log.warning(
+            "restart_scheduled", **self.last_exit, delay_s=delay, restarts=self.backoff.total
+        )
+        self.log = self.base_log.bind(restart=self.backoff.total, last_reason=reason)
+        self.restart_at = now + delay
+
+    def _restart(self) -> None:
+        """A new run: fresh shutdown budget, probes, hooks and report."""
+        from pidone import report
+
+        self.report = report.Report()
+        self.shutdown = self._app_shutdown()
+        self.probes = None
+        self.hooks_ok = None
+        self.app_pid = None
+        self._start_app()
+
     def _finish(self) -> int:
         from pidone import cgroup, report
 
@@ -595,26 +684,34 @@ class Supervisor:
         if use_console(self.config.log_format):
             for line in self.report.timeline(self.shutdown, now):
                 self.log.info(line)
+        if self.backoff.total:
+            fields["restarts"] = self.backoff.total
         self.log.info("terminated", **fields)
         return code
 
 
-def supervise(
+def supervise(  # noqa: PLR0913 - what was set up before the app started, handed over once
     config: Config,
     wake_fd: int,
     app: int | spawn.SpawnError | None,
     *,
     foreground: bool,
     status: Any = None,
+    notify: Any = None,
+    app_env: dict[str, str] | None = None,
 ) -> int:
     """Supervise the app: already started, not startable, or (None) after the init commands."""
     sup = Supervisor(config, wake_fd)
     sup.foreground = foreground
+    sup.app_env = app_env
     try:
         if status is not None:
             sup.status = status
             status.snapshot = sup.snapshot
             status.register(sup.selector)
+        if notify is not None:
+            sup.notify = notify
+            notify.register(sup.selector, sup.on_notify)
         if app is None:
             sup.start_inits()
         elif isinstance(app, spawn.SpawnError):

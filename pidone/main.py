@@ -60,17 +60,41 @@ def run(config: Config) -> int:
         become_subreaper()
     _open_standard_fds()
     status = _status_server(config.status_addr) if config.status_addr else None
+    notify, env = _notify_socket(config) if config.notify else (None, None)
     wake_fd = signals.install()  # before the app exists: no signal may be lost
     tty = foreground_tty()
     app: int | spawn.SpawnError | None = None  # None: the loop runs the init commands first
     if not config.inits:
         try:
-            app = spawn.spawn(config.argv, tty_fd=tty)
+            app = spawn.spawn(config.argv, tty_fd=tty, env=env)
         except spawn.SpawnError as exc:
             app = exc
     from pidone import loop
 
-    return loop.supervise(config, wake_fd, app, foreground=tty is not None, status=status)
+    return loop.supervise(
+        config,
+        wake_fd,
+        app,
+        foreground=tty is not None,
+        status=status,
+        notify=notify,
+        app_env=env,
+    )
+
+
+def _notify_socket(config: Config) -> tuple[Any, dict[str, str]]:
+    """The sd_notify socket and the app's environment that points at it."""
+    from pidone.notify import NotifySocket
+
+    try:
+        sock = NotifySocket()
+    except OSError as exc:
+        sys.stderr.write(f"pidone: error: --notify: cannot create the notify socket: {exc}\n")
+        sys.exit(2)
+    env = {**os.environ, **sock.env()}
+    if config.watchdog is not None:
+        env["WATCHDOG_USEC"] = str(int(config.watchdog * 1_000_000))
+    return sock, env
 
 
 def _status_server(addr: tuple[str, int]) -> Any:

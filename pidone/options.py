@@ -21,6 +21,7 @@ from pidone.config import (
     PROBES,
     Config,
     Probe,
+    parse_bool,
     parse_choice,
     parse_count,
     parse_duration,
@@ -42,6 +43,7 @@ class Option(NamedTuple):
     help: str
     default: str | None = None  # raw text, parsed like a user's value
     multiple: bool = False
+    flag: bool = False  # takes no value on the command line: present means "true"
 
     @property
     def envvar(self) -> str:
@@ -200,6 +202,44 @@ OPTIONS: tuple[Option, ...] = (
         "1",
     ),
     Option(
+        "notify",
+        parse_bool,
+        "",
+        "Give the app NOTIFY_SOCKET (systemd's sd_notify protocol); it counts as ready only "
+        "after it sends READY=1.",
+        "false",
+        flag=True,
+    ),
+    Option(
+        "watchdog",
+        parse_positive_duration,
+        "SECONDS",
+        "With --notify: the app must send WATCHDOG=1 at least this often, or it is treated as "
+        "a liveness failure (WATCHDOG_USEC is set for it).",
+    ),
+    Option(
+        "restart",
+        parse_choice("never", "on-failure", "always"),
+        "never|on-failure|always",
+        "Start the app again when it ends (never: pidone exits with it).",
+        "never",
+    ),
+    Option(
+        "restart-delay",
+        parse_duration,
+        "SECONDS",
+        "First delay before a restart; doubles with each restart in a row.",
+        "10",
+    ),
+    Option("restart-delay-max", parse_duration, "SECONDS", "The longest restart delay.", "300"),
+    Option(
+        "restart-reset",
+        parse_duration,
+        "SECONDS",
+        "A run this long without failing resets the delay.",
+        "600",
+    ),
+    Option(
         "status-addr",
         parse_status_addr,
         "HOST:PORT",
@@ -213,7 +253,12 @@ ENV_SEPARATOR = "\n"
 
 
 def build_config(values: Mapping[str, Any], argv: Sequence[str]) -> Config:
-    """Config from parsed option values keyed by ``Option.key``."""
+    """Config from parsed option values keyed by ``Option.key``.
+
+    Raises ValueError for rules between options.
+    """
+    if values["watchdog"] is not None and not values["notify"]:
+        raise ValueError("--watchdog needs --notify (the app pings over the notify socket)")
     return Config(
         argv=tuple(argv),
         log_format=values["log_format"],
@@ -245,6 +290,12 @@ def build_config(values: Mapping[str, Any], argv: Sequence[str]) -> Config:
             if values[f"{kind}_probe"] is not None
         ),
         status_addr=values["status_addr"],
+        notify=values["notify"],
+        watchdog=values["watchdog"],
+        restart=values["restart"],
+        restart_delay=values["restart_delay"],
+        restart_delay_max=values["restart_delay_max"],
+        restart_reset=values["restart_reset"],
     )
 
 
@@ -286,6 +337,12 @@ def _split(args: Sequence[str]) -> tuple[dict[str, list[str]], Sequence[str]] | 
         name, eq, value = arg[2:].partition("=")
         if not arg.startswith("--") or (name not in BY_NAME and name != "config"):
             return None  # short options (-h), --check and unknown ones are click's to explain
+        if name in BY_NAME and BY_NAME[name].flag:
+            if eq:
+                return None  # click explains that a flag takes no value
+            given.setdefault(name, []).append("true")
+            i += 1
+            continue
         if not eq:
             i += 1
             if i == len(args):
@@ -339,6 +396,8 @@ def scan(args: Sequence[str]) -> tuple[list[tuple[str, str | None]], list[str]]:
         name, eq, value = arg.partition("=")
         if eq and name.startswith("--"):
             pairs.append((name, value))
+        elif arg.startswith("--") and arg[2:] in BY_NAME and BY_NAME[arg[2:]].flag:
+            pairs.append((arg, "true"))
         elif arg.startswith("--") and (arg[2:] in BY_NAME or arg[2:] == "config"):
             i += 1
             pairs.append((arg, args[i] if i < len(args) else None))

@@ -26,6 +26,7 @@ import contextlib
 import errno
 import os
 import signal
+from collections.abc import Mapping
 from typing import NamedTuple
 
 _DEFAULTED = frozenset(signal.valid_signals()) - {signal.SIGKILL, signal.SIGSTOP}
@@ -48,12 +49,14 @@ def spawn(
     tty_fd: int | None = None,
     quiet_stdin: bool = False,
     output_fd: int | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> int:
     """Start ``argv`` (searched in PATH) in a new process group, signals at default.
 
     With ``tty_fd``, the new group also becomes the terminal's foreground group.
     ``quiet_stdin`` gives the child /dev/null as stdin (a hook or probe must not
-    read what is typed for the app); ``output_fd`` takes its stdout and stderr.
+    read what is typed for the app); ``output_fd`` takes its stdout and stderr;
+    ``env`` replaces pidone's environment.
     """
     read_end, write_end = os.pipe()  # both close-on-exec
     pid = os.fork()
@@ -76,7 +79,10 @@ def spawn(
             for signum in _DEFAULTED:
                 signal.signal(signum, signal.SIG_DFL)
             signal.pthread_sigmask(signal.SIG_SETMASK, ())
-            os.execvp(argv[0], list(argv))
+            if env is None:
+                os.execvp(argv[0], list(argv))
+            else:
+                os.execvpe(argv[0], list(argv), env)
         except OSError as exc:
             os.write(write_end, str(exc.errno or errno.ENOENT).encode())
         finally:

@@ -200,3 +200,39 @@ def test_drain_window_plus_reserve_is_the_grace(grace):
     s = Shutdown(grace=grace, stop_signal=TERM, drain_count=1)
     s.on_shutdown_signal(0.0)
     assert s.drain_end == pytest.approx(grace - app_reserve(grace))
+
+
+def test_stop_request_runs_the_normal_sequence_with_its_cause():
+    s = Shutdown(grace=10, stop_signal=TERM, drain_count=1)
+    assert s.on_stop_request(0.0, "liveness_probe_failed") == [RunDrain(0, 8.0)]
+    assert s.cause == "liveness_probe_failed"
+    # The first outside signal asks for what is happening already; a second forces.
+    assert s.on_shutdown_signal(1.0) == []
+    assert s.on_shutdown_signal(2.0) == [CancelDrain(0), KillAll()]
+
+
+def test_backoff_doubles_up_to_the_cap_and_resets_after_a_good_run():
+    from pidone.lifecycle import Backoff
+
+    b = Backoff(delay=10, maximum=300, reset_after=600)
+    assert [b.next_delay(1) for _ in range(7)] == [10, 20, 40, 80, 160, 300, 300]
+    assert b.next_delay(600) == 10
+    assert b.next_delay(5) == 20
+    assert b.total == 9
+
+
+@pytest.mark.parametrize(
+    ("policy", "cause", "code", "failed", "expected"),
+    [
+        ("never", "app_exit", 1, False, False),
+        ("on-failure", "app_exit", 0, False, False),
+        ("on-failure", "app_exit", 3, False, True),
+        ("on-failure", "liveness_probe_failed", 0, True, True),
+        ("always", "app_exit", 0, False, True),
+        ("always", "signal", 1, False, False),
+    ],
+)
+def test_restart_policy_decides_from_cause_code_and_failure(policy, cause, code, failed, expected):
+    from pidone.lifecycle import should_restart
+
+    assert should_restart(policy, cause, code, failed) is expected

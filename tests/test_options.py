@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from pidone import cli
 from pidone.config import Config, ExecDrain, HttpDrain
-from pidone.options import OPTIONS, fast_parse
+from pidone.options import CONFIG_ENVVAR, OPTIONS, fast_parse
 
 NAMES = [f"--{opt.name}" for opt in OPTIONS]
 VALUES = [
@@ -63,6 +63,7 @@ def test_fast_parse_accepts_only_what_click_accepts_identically(opts, command, e
     with pytest.MonkeyPatch.context() as m:
         for opt in OPTIONS:
             m.delenv(opt.envvar, raising=False)
+        m.delenv(CONFIG_ENVVAR, raising=False)  # config files: see test_configfile.py
         for key, value in env.items():
             m.setenv(key, value)
         slow = cli.parse(args)
