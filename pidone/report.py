@@ -9,7 +9,7 @@ Reasons (stable; people alert on them):
 - ``OOMKilled``  the memory cgroup counted an OOM kill during the run
 - ``StartError`` the app could not be executed (127 not found, 126 not executable)
 - ``InitFailed``  an init command failed (its exit code is pidone's)
-- ``PostStartHookFailed``, ``StartupProbeFailed``, ``LivenessProbeFailed``
+- ``PostStartHookFailed``, ``StartupProbeFailed``, ``LivenessProbeFailed``, ``WatchdogTimeout``
                   pidone stopped the app because of that; never exit code 0
 """
 
