@@ -15,6 +15,7 @@ instead of the first.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -53,16 +54,13 @@ class _Parsed(click.ParamType):  # type: ignore[type-arg]  # generic only in cli
 
 def _click_option(option: Option) -> Callable[[Any], Any]:
     if option.flag:
-        # Present means "true"; the environment and config files say true or false.
         return click.option(
             f"--{option.name}",
-            envvar=option.envvar,
-            show_envvar=True,
             is_flag=True,
             flag_value="true",
-            type=_Parsed(option),
-            default=option.default,
-            help=option.help,
+            default=None,
+            callback=functools.partial(_flag_value, option),
+            help=f"{option.help}  [env var: {option.envvar}]",
         )
     return click.option(
         f"--{option.name}",
@@ -75,6 +73,24 @@ def _click_option(option: Option) -> Callable[[Any], Any]:
         metavar=option.metavar,
         help=option.help,
     )
+
+
+def _flag_value(option: Option, ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    """A flag: present on the command line, else the environment, the file, the default.
+
+    click reads a flag's environment variable leniently (any unknown word is
+    "false"); pidone refuses a value it does not understand, as everywhere.
+    """
+    source = ctx.get_parameter_source(param.name or "")
+    text = value
+    if source is not click.core.ParameterSource.COMMANDLINE and os.environ.get(option.envvar):
+        text = os.environ[option.envvar]
+    if text is None:
+        text = option.default
+    try:
+        return option.parse(text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from None
 
 
 def _load_config(ctx: click.Context, _param: click.Parameter, path: str | None) -> None:

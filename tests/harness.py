@@ -164,3 +164,42 @@ def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.01) ->
     while not predicate():
         assert time.monotonic() < deadline, "condition not reached in time"
         time.sleep(interval)
+
+
+# The environment for a pidone started by a test: no PIDONE_* from outside.
+CLEAN_ENV = {
+    **{k: v for k, v in os.environ.items() if not k.startswith("PIDONE_")},
+    "PYTHONPATH": str(ROOT),
+}
+
+
+def pidone_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m pidone ARGS`` to completion (for command-line behaviour)."""
+    return subprocess.run(
+        [PY, "-m", "pidone", *args],
+        env={**CLEAN_ENV, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def http_get(port: int, path: str, timeout: float = 2.0) -> tuple[int, bytes]:
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()

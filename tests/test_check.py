@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import io
-import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from harness import ROOT
+from harness import CLEAN_ENV, pidone_cli
 
 from pidone import check, cli
 from pidone.config import Config, ExecDrain, HttpDrain
@@ -19,21 +16,7 @@ from pidone.options import CONFIG_ENVVAR, wants_check
 
 pytestmark = pytest.mark.timeout(60)
 
-ENV = {
-    **{k: v for k, v in os.environ.items() if not k.startswith("PIDONE_")},
-    "PYTHONPATH": str(ROOT),
-}
-
-
-def pidone(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pidone", *args],
-        env={**ENV, **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+ENV = CLEAN_ENV
 
 
 def rows(stdout: str) -> dict[str, list[str]]:
@@ -127,7 +110,7 @@ def test_check_shows_sources_and_the_timeline(tmp_path):
     path = tmp_path / "pidone.toml"
     path.write_text("# shutdown\ngrace = 10\ndrain = ['sh -c \"echo bye\"']\n")
     marker = tmp_path / "started"
-    done = pidone(
+    done = pidone_cli(
         "--pre-stop-delay",
         "2",
         "--check",
@@ -171,7 +154,7 @@ def test_check_shows_sources_and_the_timeline(tmp_path):
 def test_check_without_command_and_with_the_config_from_env(tmp_path):
     path = tmp_path / "p.toml"
     path.write_text("[probes.readiness]\ntarget = 'tcp://127.0.0.1:8080'\nsuccess-threshold = 2\n")
-    done = pidone("--check", env={CONFIG_ENVVAR: str(path)})
+    done = pidone_cli("--check", env={CONFIG_ENVVAR: str(path)})
     assert done.returncode == 0, done.stderr
     table = rows(done.stdout)
     assert table["config"] == [str(path), "env", CONFIG_ENVVAR]
@@ -185,7 +168,7 @@ def test_check_lists_every_error_at_once(tmp_path):
     path = tmp_path / "bad.toml"
     path.write_text("grace = true\ndrain = 5\n[probes.liveness]\nperod = 3\n")
     marker = tmp_path / "started"
-    done = pidone(
+    done = pidone_cli(
         "--bogus",
         "--check",
         "--config",
@@ -254,7 +237,7 @@ def test_help_wins_over_check():
     assert not wants_check(["app", "--check"])  # the app's own option
     assert not wants_check(["--", "--check"])
     assert wants_check(["--bogus", "--check", "--grace=1"])
-    done = pidone("--check", "--help")
+    done = pidone_cli("--check", "--help")
     assert done.returncode == 0
     assert "Usage: pidone" in done.stdout
     assert "--check" in done.stdout

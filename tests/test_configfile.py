@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import pytest
-from harness import ROOT
+from harness import CLEAN_ENV, ROOT, pidone_cli
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -20,21 +19,7 @@ from pidone.options import CONFIG_ENVVAR, OPTIONS, fast_parse
 
 pytestmark = pytest.mark.timeout(120)
 
-ENV = {
-    **{k: v for k, v in os.environ.items() if not k.startswith("PIDONE_")},
-    "PYTHONPATH": str(ROOT),
-}
-
-
-def pidone(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pidone", *args],
-        env={**ENV, **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+ENV = CLEAN_ENV
 
 
 def write(tmp_path: Path, text: str, name: str = "pidone.toml") -> str:
@@ -167,7 +152,7 @@ def test_config_flag_beats_config_env(tmp_path):
 
 def test_precedence_as_a_user_sees_it(tmp_path):
     path = write(tmp_path, "grace = 3\npre-stop-delay = 1\nhook-timeout = 5\n")
-    done = pidone(
+    done = pidone_cli(
         "--check",
         "--hook-timeout",
         "7",
@@ -310,7 +295,7 @@ def test_missing_file_and_invalid_toml(tmp_path):
 def test_a_bad_file_is_one_line_exit_2_and_nothing_starts(tmp_path, text, message):
     path = write(tmp_path, text)
     marker = tmp_path / "started"
-    done = pidone("--config", path, "--", "sh", "-c", f"touch {marker}")
+    done = pidone_cli("--config", path, "--", "sh", "-c", f"touch {marker}")
     assert done.returncode == 2
     assert done.stdout == ""
     (line,) = done.stderr.splitlines()
@@ -320,7 +305,7 @@ def test_a_bad_file_is_one_line_exit_2_and_nothing_starts(tmp_path, text, messag
 
 def test_a_missing_file_from_the_environment(tmp_path):
     missing = tmp_path / "nope.toml"
-    done = pidone("--", "true", env={CONFIG_ENVVAR: str(missing)})
+    done = pidone_cli("--", "true", env={CONFIG_ENVVAR: str(missing)})
     assert done.returncode == 2
     assert done.stderr == (
         f"pidone: error: {missing}: cannot read config file: No such file or directory\n"
@@ -329,13 +314,13 @@ def test_a_missing_file_from_the_environment(tmp_path):
 
 def test_a_good_file_is_used_for_a_real_run(tmp_path):
     path = write(tmp_path, "log-format = 'json'\nremap-exit = ['3:0']\n")
-    done = pidone("--config", path, "--", "sh", "-c", "exit 3")
+    done = pidone_cli("--config", path, "--", "sh", "-c", "exit 3")
     assert done.returncode == 0, done.stderr
     assert done.stderr.startswith("{")
 
 
 def test_help_shows_config_and_its_env_var():
-    done = pidone("--help")
+    done = pidone_cli("--help")
     assert done.returncode == 0
     assert "--config FILE" in done.stdout
     assert CONFIG_ENVVAR in done.stdout

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import http.client
 import itertools
 import json
 import shutil
 import signal
-import socket
 import time
 from datetime import datetime
 
 import psutil
 import pytest
-from harness import PY, app, wait_until
+from harness import PY, app, free_port, http_get, wait_until
 
 pytestmark = pytest.mark.timeout(40)
 
@@ -40,22 +38,6 @@ def mode() -> str:
     return "pid1"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def get(port: int, path: str) -> tuple[int, bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-    try:
-        conn.request("GET", path)
-        response = conn.getresponse()
-        return response.status, response.read()
-    finally:
-        conn.close()
-
-
 def ts(event: dict) -> float:
     return datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00")).timestamp()
 
@@ -65,12 +47,12 @@ def test_readiness_is_held_back_until_the_app_sends_ready(run):
     p = run(["--notify", "--status-addr", f"127.0.0.1:{port}"], [PY, "-c", NOTIFY_APP])
     p.ready()
     p.err.wait_for('"app_status"')
-    assert get(port, "/readyz")[0] == 503
-    assert json.loads(get(port, "/status")[1])["notify_status"] == "warming up"
+    assert http_get(port, "/readyz")[0] == 503
+    assert json.loads(http_get(port, "/status")[1])["notify_status"] == "warming up"
     p.kill(signal.SIGUSR1)
     p.out.wait_for("notified")
-    wait_until(lambda: get(port, "/readyz")[0] == 200)
-    assert json.loads(get(port, "/status")[1])["notify_status"] == "serving"
+    wait_until(lambda: http_get(port, "/readyz")[0] == 200)
+    assert json.loads(http_get(port, "/status")[1])["notify_status"] == "serving"
     p.kill(signal.SIGTERM)
     assert p.wait() == 0
     p.event("app_notified_stopping")
@@ -194,8 +176,8 @@ def test_liveness_failure_restarts_hooks_rerun_inits_do_not(run, tmp_path):
         app("recorder", "--log", str(log)),
     )
     p.err.wait_for('"restart_scheduled"', count=2, timeout=15)
-    wait_until(lambda: json.loads(get(port, "/status")[1])["restarts"] >= 2)
-    status = json.loads(get(port, "/status")[1])
+    wait_until(lambda: json.loads(http_get(port, "/status")[1])["restarts"] >= 2)
+    status = json.loads(http_get(port, "/status")[1])
     assert status["last_exit"]["reason"] == "LivenessProbeFailed"
     started = [e for e in p.events() if e["event"] == "app_started"]
     assert started[1]["restart"] == 1

@@ -13,7 +13,7 @@ import uuid
 
 import psutil
 import pytest
-from harness import PY, app, processes_with, wait_until
+from harness import PY, app, free_port, http_get, processes_with, wait_until
 
 pytestmark = pytest.mark.timeout(40)
 TOL = 0.5
@@ -25,25 +25,9 @@ def mode() -> str:
     return "pid1"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def get(port: int, path: str, timeout: float = 2.0) -> tuple[int, bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        conn.request("GET", path)
-        response = conn.getresponse()
-        return response.status, response.read()
-    finally:
-        conn.close()
-
-
 def status_code(port: int, path: str) -> int | None:
     try:
-        return get(port, path)[0]
+        return http_get(port, path)[0]
     except OSError:
         return None
 
@@ -290,7 +274,7 @@ def test_readyz_follows_readiness_probe_and_status_reports_it(run):
     listener.bind(("127.0.0.1", target))
     listener.listen()
     wait_until(lambda: status_code(port, "/readyz") == 200, timeout=5)
-    status = json.loads(get(port, "/status")[1])
+    status = json.loads(http_get(port, "/status")[1])
     assert status["ready"] is True
     assert status["probes"]["readiness"]["healthy"] is True
     assert status["app_pid"] is not None

@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import http.server
 import signal
-import socket
 import threading
 import time
 import uuid
 
 import pytest
-from harness import app, processes_with
+from harness import app, free_port, processes_with
 
 pytestmark = pytest.mark.timeout(40)
 TOL = 0.5
@@ -124,12 +123,6 @@ def http_server():
     thread.start()
     yield server.server_address[1], seen
     server.shutdown()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_http_drains_call_the_server_and_survive_a_dead_port(run, http_server):
