@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import os
 import selectors
+import sys
 import time
 from collections import deque
 from collections.abc import Callable
@@ -161,6 +162,7 @@ class Runner:
 
             tree.kill_tree(job.pid)
             self._by_pid.pop(job.pid, None)  # its exit is reaped as an orphan
+
         self._complete(token, ok=False, detail=reason)
 
     def cancel_all(self, reason: str) -> None:
@@ -199,7 +201,7 @@ class Runner:
             read_fd, write_fd = os.pipe()
             os.set_blocking(read_fd, False)
         try:
-            job.pid = spawn.spawn(action.argv, quiet_stdin=True, output_fd=write_fd)
+            job.pid = spawn.spawn_action(action.argv, output_fd=write_fd)
         except spawn.SpawnError as exc:
             if read_fd is not None and write_fd is not None:
                 os.close(read_fd)
@@ -236,6 +238,10 @@ class Runner:
         import threading
 
         if self._threads_fd is None:
+            # A thread holding the GIL makes the main thread wait up to the
+            # switch interval (5 ms by default) before it can forward a signal.
+            # Worker threads here only wait on sockets; let the loop in sooner.
+            sys.setswitchinterval(0.0005)
             self._threads_fd, self._write_fd = os.pipe()
             os.set_blocking(self._threads_fd, False)
             self._selector.register(self._threads_fd, selectors.EVENT_READ, self._on_threads)

@@ -8,8 +8,10 @@ dispositions and the blocked mask survive it, so each spawn resets both.
 glibc's implementation leaves its two internal signals (32 and 33) ignored
 in the new program, which then shows up in the app's SigIgn and is
 inherited by everything it starts.  A plain fork does not touch them, so
-pidone forks, resets the signal state, and execs; an exec failure is
-reported back over a close-on-exec pipe as an errno.
+pidone forks the app (and the init commands), resets the signal state, and
+execs; an exec failure is reported back over a close-on-exec pipe as an
+errno.  Hooks, drains and probes, which run while the app runs, take the
+fast posix_spawn path instead (see :func:`spawn_action`).
 
 With a terminal the app must also become the foreground process group
 before it runs a single instruction, or an early read from the terminal
@@ -27,7 +29,7 @@ import errno
 import os
 import signal
 from collections.abc import Mapping
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 _DEFAULTED = frozenset(signal.valid_signals()) - {signal.SIGKILL, signal.SIGSTOP}
 
@@ -47,15 +49,12 @@ def spawn(
     argv: tuple[str, ...],
     *,
     tty_fd: int | None = None,
-    quiet_stdin: bool = False,
-    output_fd: int | None = None,
     env: Mapping[str, str] | None = None,
 ) -> int:
     """Start ``argv`` (searched in PATH) in a new process group, signals at default.
 
-    With ``tty_fd``, the new group also becomes the terminal's foreground group.
-    ``quiet_stdin`` gives the child /dev/null as stdin (a hook or probe must not
-    read what is typed for the app); ``output_fd`` takes its stdout and stderr;
+    Waits until the child has exec'd, and raises SpawnError if it could not.
+    With ``tty_fd``, the new group also becomes the terminal's foreground group;
     ``env`` replaces pidone's environment.
     """
     read_end, write_end = os.pipe()  # both close-on-exec
@@ -70,12 +69,6 @@ def spawn(
                 # SIGTTOU would stop us: ignore it for the call.
                 signal.signal(signal.SIGTTOU, signal.SIG_IGN)
                 os.tcsetpgrp(tty_fd, os.getpid())
-            if quiet_stdin:
-                null = os.open(os.devnull, os.O_RDONLY)
-                os.dup2(null, 0)
-            if output_fd is not None:
-                os.dup2(output_fd, 1)
-                os.dup2(output_fd, 2)
             for signum in _DEFAULTED:
                 signal.signal(signum, signal.SIG_DFL)
             signal.pthread_sigmask(signal.SIG_SETMASK, ())
@@ -100,6 +93,35 @@ def spawn(
         os.waitpid(pid, 0)
         raise SpawnError(argv[0], int(report))
     return pid
+
+
+def spawn_action(argv: tuple[str, ...], *, output_fd: int | None = None) -> int:
+    """Start a hook, drain or probe command: fast, with /dev/null as stdin.
+
+    These run while the app runs, some every few seconds, so they take
+    ``posix_spawn`` (vfork and exec in C): forking pidone would copy its page
+    tables and make every page it then touches fault until the child has
+    exec'd, holding signal forwarding up by milliseconds.  The one cost is
+    glibc's quirk described above (its two internal signals stay ignored),
+    which glibc programs undo themselves when they need those signals; the
+    app and the init commands, which live long and own the terminal, are
+    started by :func:`spawn`.
+    """
+    actions: list[tuple[Any, ...]] = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0)]
+    if output_fd is not None:
+        actions += [(os.POSIX_SPAWN_DUP2, output_fd, 1), (os.POSIX_SPAWN_DUP2, output_fd, 2)]
+    try:
+        return os.posix_spawnp(
+            argv[0],
+            list(argv),
+            os.environ,
+            file_actions=actions,
+            setpgroup=0,
+            setsigmask=(),
+            setsigdef=_DEFAULTED,
+        )
+    except OSError as exc:
+        raise SpawnError(argv[0], exc.errno or errno.ENOENT) from None
 
 
 class Exit(NamedTuple):
