@@ -23,8 +23,10 @@ its time limit is simply forgotten: it holds no process and ends with pidone.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import selectors
+import socket
 import sys
 import time
 from collections import deque
@@ -98,6 +100,134 @@ def http_request(step: HttpDrain, timeout: float) -> tuple[bool, str]:
     return 200 <= status < 400, f"HTTP {status}"
 
 
+def _plain_target(action: HttpDrain | TcpCheck) -> tuple[str, int, int] | None:
+    """(ip, port, family) when the check can run in the selector, else None.
+
+    Only plain TCP and HTTP to an IP literal: HTTPS needs a TLS handshake and a
+    host name needs a resolver, both blocking in the standard library; those
+    run on a thread.
+    """
+    import ipaddress
+
+    if isinstance(action, TcpCheck):
+        host, port = action.host, action.port
+    else:
+        from urllib.parse import urlsplit
+
+        url = urlsplit(action.url)
+        if url.scheme != "http" or url.hostname is None:
+            return None
+        host, port = url.hostname, url.port or 80
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    return str(ip), port, (socket.AF_INET6 if ip.version == 6 else socket.AF_INET)
+
+
+class _Connection:
+    """One TCP connect, and for HTTP one request, without blocking the loop.
+
+    Connect, then (HTTP) send the request and read the status line and
+    headers (never the body); 2xx and 3xx succeed.  The runner's deadline
+    bounds it, as for commands.
+    """
+
+    def __init__(
+        self,
+        selector: selectors.BaseSelector,
+        target: tuple[str, int, int],
+        action: HttpDrain | TcpCheck,
+        done: Callable[[bool, str], None],
+    ) -> None:
+        self._selector = selector
+        self._done = done
+        self._request = b""
+        self._sock: socket.socket | None
+        if isinstance(action, HttpDrain):
+            from urllib.parse import urlsplit
+
+            url = urlsplit(action.url)
+            path = (url.path or "/") + (f"?{url.query}" if url.query else "")
+            request = (
+                f"{action.method} {path} HTTP/1.1\r\nHost: {url.netloc}\r\n"
+                "User-Agent: pidone\r\nConnection: close\r\n\r\n"
+            )
+            try:
+                self._request = request.encode("ascii")  # as http.client: no guessing
+            except UnicodeEncodeError as exc:
+                self._sock = None
+                self._done(False, f"UnicodeEncodeError: {exc}")
+                return
+        self._reply = b""
+        self._sock = socket.socket(target[2], socket.SOCK_STREAM)
+        self._sock.setblocking(False)
+        err = self._sock.connect_ex(target[:2])
+        if err not in (0, errno.EINPROGRESS):
+            self._finish(False, f"ConnectionError: {os.strerror(err)}")
+            return
+        selector.register(self._sock, selectors.EVENT_WRITE, self._on_ready)
+
+    def _on_ready(self, mask: int) -> None:
+        sock = self._sock
+        if sock is None:
+            return
+        if mask & selectors.EVENT_WRITE:
+            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err:
+                name = "ConnectionRefusedError" if err == errno.ECONNREFUSED else "OSError"
+                self._finish(False, f"{name}: [Errno {err}] {os.strerror(err)}")
+                return
+            if not self._request:
+                self._finish(True, "connected")
+                return
+            try:
+                sent = sock.send(self._request)
+            except OSError as exc:
+                self._finish(False, f"{type(exc).__name__}: {exc}")
+                return
+            self._request = self._request[sent:]
+            if not self._request:
+                self._selector.modify(sock, selectors.EVENT_READ, self._on_ready)
+            return
+        self._read(sock)
+
+    def _read(self, sock: socket.socket) -> None:
+        try:
+            chunk = sock.recv(4096)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self._finish(False, f"{type(exc).__name__}: {exc}")
+            return
+        self._reply += chunk
+        # A response counts once its headers are complete (as for http.client);
+        # a server that never finishes them fails at the deadline.
+        if b"\r\n\r\n" not in self._reply:
+            if not chunk:
+                self._finish(False, "connection closed before the response headers ended")
+            elif len(self._reply) > 8192:
+                self._finish(False, "response headers longer than 8 KiB")
+            return
+        parts = self._reply.partition(b"\r\n")[0].split()
+        if len(parts) < 2 or not parts[0].startswith(b"HTTP/") or not parts[1].isdigit():
+            self._finish(False, "not an HTTP response")
+            return
+        status = int(parts[1])
+        self._finish(200 <= status < 400, f"HTTP {status}")
+
+    def _finish(self, ok: bool, detail: str) -> None:
+        self.close()
+        self._done(ok, detail)
+
+    def close(self) -> None:
+        if self._sock is not None:
+            with contextlib.suppress(KeyError, ValueError):
+                self._selector.unregister(self._sock)
+            self._sock.close()
+            self._sock = None
+
+
 class Result(NamedTuple):
     ok: bool
     detail: str  # "exit code 3", "HTTP 503", "timed out after 1s", an exception
@@ -109,7 +239,16 @@ OnDone = Callable[[Result], None]
 
 
 class _Job:
-    __slots__ = ("deadline", "on_done", "output", "output_fd", "pid", "started", "timeout")
+    __slots__ = (
+        "deadline",
+        "on_done",
+        "output",
+        "output_fd",
+        "pid",
+        "probe",
+        "started",
+        "timeout",
+    )
 
     def __init__(self, started: float, timeout: float | None, on_done: OnDone) -> None:
         self.on_done = on_done
@@ -117,6 +256,7 @@ class _Job:
         self.timeout = timeout
         self.deadline = None if timeout is None else started + timeout
         self.pid: int | None = None
+        self.probe: _Connection | None = None  # a plain TCP/HTTP check in the selector
         self.output_fd: int | None = None
         self.output = b""
 
@@ -149,7 +289,11 @@ class Runner:
         if isinstance(action, ExecDrain):
             self._start_command(token, job, action, capture)
         else:
-            self._start_thread(token, action, timeout)
+            plain = _plain_target(action)
+            if plain is None:
+                self._start_thread(token, action, timeout)
+            else:
+                job.probe = _Connection(self._selector, plain, action, self._socket_done(token))
         return token
 
     def cancel(self, token: int, reason: str) -> None:
@@ -164,6 +308,13 @@ class Runner:
             self._by_pid.pop(job.pid, None)  # its exit is reaped as an orphan
 
         self._complete(token, ok=False, detail=reason)
+
+    def _socket_done(self, token: int) -> Callable[[bool, str], None]:
+        def done(ok: bool, detail: str) -> None:
+            if token in self._jobs:
+                self._complete(token, ok=ok, detail=detail)
+
+        return done
 
     def cancel_all(self, reason: str) -> None:
         for token in list(self._jobs):
@@ -270,6 +421,8 @@ class Runner:
 
     def _complete(self, token: int, *, ok: bool, detail: str) -> None:
         job = self._jobs.pop(token)
+        if job.probe is not None:
+            job.probe.close()
         self._read(job)  # whatever the command wrote before it exited
         self._close_output(job)
         output = job.output.decode("utf-8", "replace")
