@@ -3,9 +3,11 @@
 
 Usage (as root, Linux)::
 
-    python3 benchmarks/run.py [--quick] [--pidone CMD] [--output FILE]
+    python3 benchmarks/run.py [--quick] [--pidone CMD | --no-venv] [--output FILE]
 
-Every init runs as PID 1 of its own PID namespace (``unshare --pid --fork
+pidone is installed the way its README says (``pip install``) into a fresh
+virtualenv and started by its console script, unless --pidone or --no-venv
+says otherwise.  Every init runs as PID 1 of its own PID namespace (``unshare --pid --fork
 --mount-proc``) in front of identical C workloads compiled at run time from
 ``benchmarks/helpers/``.  Results are printed and written to BENCHMARKS.md at
 the repository root.  A full run takes a few minutes, ``--quick`` under one.
@@ -26,11 +28,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pidbench import report, workloads
+from pidbench import probing, report, workloads
 from pidbench.build import build_helpers
 from pidbench.container import UNSHARE, reap_strays
 from pidbench.errors import BenchError
-from pidbench.inits import Init, all_inits, default_pidone_command
+from pidbench.inits import PIDONE, PIDONE_PROBES, Init, all_inits
+from pidbench.install import PidoneInstall, checkout_command, install_venv
 from pidbench.procfs import become_subreaper
 from pidbench.stats import Series
 from pidbench.workloads import Context, Plan, Values
@@ -50,6 +53,7 @@ class Workload:
     sampler: Sampler
     reps: int
     applies: Applies = lambda _init: ""
+    probes: bool = False  # also runs the "pidone + probes" variant
 
 
 def _reaps(init: Init) -> str:
@@ -58,6 +62,10 @@ def _reaps(init: Init) -> str:
 
 def _escalates(init: Init) -> str:
     return "" if init.escalates else "never escalates"
+
+
+def _pidone_only(init: Init) -> str:
+    return "" if init.name in (PIDONE, PIDONE_PROBES) else "run for pidone only"
 
 
 def workload_list(plan: Plan) -> list[Workload]:
@@ -72,10 +80,23 @@ def workload_list(plan: Plan) -> list[Workload]:
         Workload(
             "signal forwarding",
             ("signal_p50_us", "signal_p99_us", "signal_max_us"),
-            workloads.forwarding,
+            workloads.forwarding(paced=False),
             plan.signal_reps,
         ),
-        Workload("stop", ("stop_ms",), workloads.stop, plan.stop_reps),
+        Workload(
+            "signal forwarding, paced (pidone with and without probes)",
+            (
+                "paced_signal_p50_us",
+                "paced_signal_p99_us",
+                "paced_signal_max_us",
+                "paced_probe_runs",
+            ),
+            workloads.forwarding(paced=True),
+            plan.signal_reps,
+            _pidone_only,
+            probes=True,
+        ),
+        Workload("stop", ("stop_ms",), workloads.stop, plan.stop_reps, probes=True),
         *reaping,
         Workload(
             "escalation (PID 1)",
@@ -115,6 +136,8 @@ def run_workload(
     runnable = []
     for init in inits:
         reason = work.applies(init) if init in usable else "unavailable, see notes"
+        if init.probes and not work.probes:
+            reason = "measured with probes: signal forwarding and stop only"
         for metric in work.metrics:
             table[metric][init.name] = Series(not_applicable=reason)
         if not reason:
@@ -190,7 +213,13 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument(
         "--pidone",
         default=None,
-        help="command that runs pidone (default: pidone or python3 -m pidone)",
+        help="command that runs pidone (default: the console script of a fresh venv "
+        "with the checkout pip-installed; python3 -m pidone if that fails)",
+    )
+    parser.add_argument(
+        "--no-venv",
+        action="store_true",
+        help="skip the venv and run python3 -m pidone from the checkout",
     )
     parser.add_argument(
         "--output", type=Path, default=REPO_ROOT / "BENCHMARKS.md", help="markdown report path"
@@ -204,7 +233,9 @@ def reproduce_command(args: argparse.Namespace) -> str:
         parts.append("--quick")
     if args.pidone is not None:
         parts += ["--pidone", args.pidone]
-    return shlex.join(parts)
+    if args.no_venv:
+        parts.append("--no-venv")
+    return "sudo " + shlex.join(parts)
 
 
 def _terminate(signum: int, _frame: FrameType | None) -> None:
@@ -213,21 +244,59 @@ def _terminate(signum: int, _frame: FrameType | None) -> None:
     raise SystemExit(128 + signum)
 
 
-def _environment(work_dir: Path) -> dict[str, str]:
+def _environment(work_dir: Path, install: PidoneInstall) -> dict[str, str]:
     """Environment for every init; only Python-based ones care.
 
-    PYTHONPATH lets `python3 -m pidone` find the package in the checkout.
-    Bytecode goes to a private cache (warmed by the smoke test) rather than
-    being recompiled at every start: an installed package ships its .pyc
-    files, and PYTHONDONTWRITEBYTECODE in the caller's environment would
-    otherwise charge compilation to every launch.  python-floor runs with -I
-    and ignores all of this.
+    An installed pidone runs with the caller's environment as it is, and uses
+    the bytecode pip compiled at install time.  From the checkout,
+    PYTHONPATH lets `python3 -m pidone` find the package, and bytecode goes
+    to a private cache (warmed by the smoke test) rather than being
+    recompiled at every start, as an installed package would not be.
+    Either way PYTHONDONTWRITEBYTECODE in the caller's environment is
+    dropped, as it would charge compilation to every launch.  python-floor
+    runs with -I and ignores all of this.
     """
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     env.pop("PYTHONDONTWRITEBYTECODE", None)
-    env["PYTHONPYCACHEPREFIX"] = str(work_dir / "pycache")
+    if install.from_checkout:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+        env["PYTHONPYCACHEPREFIX"] = str(work_dir / "pycache")
     return env
+
+
+def _pidone(args: argparse.Namespace, work_dir: Path) -> PidoneInstall:
+    if args.pidone is not None:
+        return PidoneInstall(args.pidone, f"`{args.pidone}` (given with --pidone)", False)
+    if args.no_venv:
+        return checkout_command()
+    try:
+        return install_venv(REPO_ROOT, work_dir)
+    except BenchError as exc:
+        fallback = checkout_command()
+        _progress(f"venv install failed, using python3 -m pidone: {exc}")
+        how = f"{fallback.how}: installing into a venv failed ({exc})"
+        return PidoneInstall(fallback.command, how, from_checkout=True)
+
+
+def _source_state() -> str:
+    """Which code was measured: commit, and whether pidone/ had local changes."""
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--", "pidone"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "Code: not a git checkout."
+    changes = " plus uncommitted changes to pidone/" if dirty else ""
+    return f"Code: commit {head}{changes}, as in the working tree when the run started."
 
 
 def main(argv: Sequence[str]) -> int:
@@ -239,12 +308,16 @@ def main(argv: Sequence[str]) -> int:
         signal.signal(sig, _terminate)
     become_subreaper()
     plan = Plan.quick() if args.quick else Plan()
-    inits = all_inits(args.pidone or default_pidone_command())
     began = time.monotonic()
+    source = _source_state()
     with tempfile.TemporaryDirectory(prefix="pidbench-") as tmp:
         work_dir = Path(tmp)
+        install = _pidone(args, work_dir)
+        _progress(f"pidone: {install.command}")
+        inits = all_inits(install.command)
         helpers = build_helpers(work_dir)
-        ctx = Context(helpers, _environment(work_dir), work_dir / "init-stderr.log", plan)
+        env = _environment(work_dir, install)
+        ctx = Context(helpers, env, work_dir / "init-stderr.log", plan)
         usable, notes = check_available(inits, ctx.env, helpers.noop)
         for note in notes:
             _progress(note)
@@ -252,6 +325,7 @@ def main(argv: Sequence[str]) -> int:
         for work in workload_list(plan):
             _progress(f"{work.name} ({work.reps} reps)")
             run_workload(work, inits, usable, ctx, results)
+    notes.append(f"pidone was run as {install.how}. {source}")
     notes.append(f"Total benchmark time: {time.monotonic() - began:.0f} s.")
     notes.extend(_method_notes(plan))
     print(report.render_tables(results, inits))
@@ -264,7 +338,8 @@ def _method_notes(plan: Plan) -> list[str]:
     repetitions = (
         f"Repetitions: launch/round trip {plan.launch_reps}, stop {plan.stop_reps}, "
         f"idle {plan.idle_reps} x {plan.idle_window_s:g} s window, "
-        f"signals {plan.signal_reps} x {plan.signals}, "
+        f"signals {plan.signal_reps} x {plan.signals} (paced: random 0-"
+        f"{plan.signal_gap_max_s * 1000:g} ms gaps), "
         f"reaping {plan.reap_reps} for {plan.reap_sizes} orphans, "
         f"escalation {plan.escalation_reps} per mode."
     )
@@ -280,6 +355,16 @@ METHOD_NOTES = (
         "Subreaper mode runs pidone as a plain child of the benchmark (no namespace); the "
         "benchmark is itself a child subreaper, so any process pidone leaves behind would be "
         "caught and counted."
+    ),
+    (
+        "pidone + probes is pidone with `--liveness-probe exec:true --liveness-period "
+        f"{probing.PROBE_PERIOD_S:g} --readiness-probe http://127.0.0.1:PORT/ "
+        f"--readiness-period {probing.PROBE_PERIOD_S:g} --status-addr 127.0.0.1:PORT2`: "
+        "PORT is `helpers/httpok.c` (a minimal HTTP server answering 200) on the host's "
+        f"loopback, and {probing.CROWD_SIZE} idle TCP connections (connected, no request) "
+        "are held open to PORT2 throughout each measurement. Measuring starts once each "
+        f"probe has run {probing.WARM_RUNS} times and the app is ready; a sample in which "
+        "pidone dropped any of the idle connections counts as failed."
     ),
     (
         "Reaping is timed inside the namespace by the app, from the middle process's exit "

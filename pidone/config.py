@@ -156,6 +156,16 @@ def _signal_by_name(name: str) -> int | None:
     return int(member) if member is not None else None
 
 
+def parse_shutdown_signal(text: str) -> int:
+    """A signal pidone takes itself: not SIGCHLD, not a fault signal."""
+    from pidone.signals import NOT_FORWARDED
+
+    number = parse_signal(text)
+    if number in NOT_FORWARDED:
+        raise ValueError(f"{signal_name(number)} cannot start a shutdown")
+    return number
+
+
 def signal_name(number: int) -> str:
     try:
         return signal.Signals(number).name
@@ -177,6 +187,8 @@ def parse_remap(text: str) -> tuple[int, int]:
 def parse_exec_drain(text: str) -> ExecDrain:
     import shlex
 
+    if "\0" in text:
+        raise ValueError(f"{text!r} contains a NUL byte")
     try:
         argv = shlex.split(text)
     except ValueError as exc:
@@ -225,15 +237,24 @@ def parse_path(text: str) -> str:
     """A file path to write to: not empty, not an existing directory."""
     if not text:
         raise ValueError("empty path")
+    if "\0" in text:
+        raise ValueError(f"{text!r} contains a NUL byte")
     if os.path.isdir(text):
         raise ValueError(f"{text!r} is a directory")
     return text
+
+
+# Periods, timeouts and the watchdog are counted in microseconds by some peers
+# (WATCHDOG_USEC) and in socket timeouts by others: a year is plenty.
+MAX_INTERVAL = 365 * 86400.0
 
 
 def parse_positive_duration(text: str) -> float:
     value = parse_duration(text)
     if value <= 0:
         raise ValueError(f"{text!r} must be more than 0 seconds")
+    if value > MAX_INTERVAL:
+        raise ValueError(f"{text!r} is more than {MAX_INTERVAL:g} seconds (a year)")
     return value
 
 
@@ -254,7 +275,12 @@ def _parse_host_port(text: str, what: str) -> tuple[str, int]:
 
 
 def parse_status_addr(text: str) -> tuple[str, int]:
-    return _parse_host_port(text.strip(), "an address")
+    host, port = _parse_host_port(text.strip(), "an address")
+    try:
+        host.encode("idna")  # what the resolver will need; too long a label fails here
+    except UnicodeError:
+        raise ValueError(f"{text!r}: {host!r} is not a valid host name") from None
+    return host, port
 
 
 def parse_probe_target(text: str) -> Check:

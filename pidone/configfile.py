@@ -31,6 +31,7 @@ from pidone.config import (
     parse_count,
     parse_duration,
     parse_positive_duration,
+    parse_shutdown_signal,
     parse_signal,
 )
 from pidone.options import BY_NAME, Option
@@ -41,7 +42,9 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
 # Options whose values may be written as TOML numbers; all others take strings.
-NUMERIC_PARSERS = frozenset({parse_duration, parse_positive_duration, parse_count, parse_signal})
+NUMERIC_PARSERS = frozenset(
+    {parse_duration, parse_positive_duration, parse_count, parse_signal, parse_shutdown_signal}
+)
 # Keys of a [probes.KIND] table -> the suffix of the flat option they stand for.
 PROBE_KEYS = {
     "target": "probe",

@@ -26,6 +26,7 @@ import contextlib
 import errno
 import os
 import selectors
+import signal
 import socket
 import sys
 import time
@@ -396,9 +397,14 @@ class Runner:
             self._threads_fd, self._write_fd = os.pipe()
             os.set_blocking(self._threads_fd, False)
             self._selector.register(self._threads_fd, selectors.EVENT_READ, self._on_threads)
-        limit = 3600.0 if timeout is None else timeout
+        # The socket's own limit only keeps the thread from lingering; the
+        # runner's deadline is the real one (and 1e10 s would overflow it).
+        limit = min(3600.0, 3600.0 if timeout is None else timeout)
 
         def run() -> None:
+            # A send to a closed peer raises SIGPIPE in this thread; blocked, it
+            # stays pending here instead of being forwarded to the app as its own.
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGPIPE})
             if isinstance(action, TcpCheck):
                 ok, detail = tcp_connect(action, limit)
             else:

@@ -289,7 +289,8 @@ class Backoff:
     def next_delay(self, run_duration: float) -> float:
         if run_duration >= self.reset_after:
             self.restarts = 0  # it ran long enough without failing: start over
-        wait = min(self.delay * (2**self.restarts), self.maximum) if self.delay > 0 else 0.0
+        doublings = min(self.restarts, 64)  # past the cap anyway; 2**1024 overflows a float
+        wait = min(self.delay * 2.0**doublings, self.maximum) if self.delay > 0 else 0.0
         self.restarts += 1
         self.total += 1
         return wait

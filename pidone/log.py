@@ -40,6 +40,8 @@ class SafeStderr:
         except BrokenPipeError:
             self.closed = True
             self._on_broken_pipe()
+        except BlockingIOError:
+            pass  # a full non-blocking pipe: this line is lost, the next may fit
         except OSError:
             self.closed = True
 

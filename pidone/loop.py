@@ -167,7 +167,12 @@ class Supervisor:
             error=str(exc),
             exit_code=exc.exit_code,
         )
-        self.done = True
+        if spawn.has_children():
+            # An init command that already ran left something behind: it gets
+            # the stop signal and the grace, as an app's leftovers would.
+            self._feed(self.shutdown.on_app_exit, time.monotonic())
+        else:
+            self.done = True
 
     def _app_running(self, pid: int, now: float) -> None:
         self.app_pid = pid
@@ -255,8 +260,9 @@ class Supervisor:
         if fields.get("READY") == "1" and not self.notified_ready:
             self.notified_ready = True
             self.log.info("app_notified_ready")
-        if "STATUS" in fields and fields["STATUS"] != self.notify_status:
-            self.notify_status = fields["STATUS"][:512]
+        status = fields.get("STATUS", self.notify_status)
+        if status is not None and status[:512] != self.notify_status:
+            self.notify_status = status[:512]
             self.log.info("app_status", status=self.notify_status)
         if fields.get("STOPPING") == "1":
             self.log.info("app_notified_stopping")
@@ -439,7 +445,7 @@ class Supervisor:
             self.log.info("shutdown_during_backoff", signal=signal_name(signum))
             self.done = True
             return
-        first = self.shutdown.started_at is None or self.report.shutdown_signal is None
+        first = self.report.shutdown_signal is None
         if first:
             self.report.shutdown_signal = signum
         if self.shutdown.phase is Phase.RUNNING:
@@ -448,8 +454,17 @@ class Supervisor:
                 "shutdown_started",
                 signal=signal_name(signum),
                 grace_s=self.config.grace,
-                pre_stop_delay_s=self.config.pre_stop_delay,
-                drains=[d.describe() for d in self.config.drains],
+                pre_stop_delay_s=self.config.pre_stop_delay if self.stage == "app" else 0,
+                drains=[d.describe() for d in self.config.drains] if self.stage == "app" else [],
+            )
+        elif first and self.shutdown.phase is not Phase.DONE:
+            # pidone was already stopping the app (it exited, a probe failed):
+            # the stop under way serves this signal too; a second one forces.
+            self.log.info(
+                "shutdown_joined",
+                signal=signal_name(signum),
+                phase=self.shutdown.phase.value,
+                cause=self.shutdown.cause,
             )
         elif self.shutdown.phase is not Phase.DONE:
             self.log.warning(
@@ -632,10 +647,13 @@ class Supervisor:
         code = self.report.exit_code()
         reason = self.report.reason(self.shutdown)
         failed = self.report.failure is not None
+        # A shutdown signal from outside is never undone, even when it arrived
+        # while pidone was already stopping the app for its own reasons.
+        cause = "signal" if self.report.shutdown_signal is not None else self.shutdown.cause
         restart = (
             self.stage == "app"
             and self.report.start_error is None
-            and should_restart(self.config.restart, self.shutdown.cause, code, failed)
+            and should_restart(self.config.restart, cause, code, failed)
         )
         if not restart:
             self.done = True
@@ -734,11 +752,12 @@ def last_resort(sup: Supervisor, exc: BaseException) -> int:
     deadline = time.monotonic() + 2.0
     while time.monotonic() < deadline:
         try:
-            pid, status = os.waitpid(-1, 0)
-        except ChildProcessError:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except OSError:  # ECHILD: nothing left
             break
-        except OSError:
-            break
+        if pid == 0:  # not a blocking wait: a child stuck in the kernel must not hold PID 1
+            time.sleep(0.01)
+            continue
         if pid == sup.app_pid and sup.report is not None:
             sup.report.app_code = spawn.Exit(pid, status).code
     code = 70  # EX_SOFTWARE, when the app's own code is unknown

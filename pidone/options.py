@@ -31,6 +31,7 @@ from pidone.config import (
     parse_positive_duration,
     parse_probe_target,
     parse_remap,
+    parse_shutdown_signal,
     parse_signal,
     parse_status_addr,
 )
@@ -85,7 +86,7 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "shutdown-signal",
-        parse_signal,
+        parse_shutdown_signal,
         "SIGNAL",
         "Signal that starts the graceful shutdown (repeatable)  [default: TERM]",
         multiple=True,

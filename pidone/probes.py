@@ -136,7 +136,11 @@ class Probes:
             self._runner.cancel(token, "shutdown began")
 
     def next_deadline(self) -> float | None:
-        runs = [s.next_run for s in self.states.values() if s.next_run is not None]
+        # A probe still running is not due, whatever its next_run says: counting
+        # it would make the loop spin until the run ends.
+        runs = [
+            s.next_run for s in self.states.values() if s.next_run is not None and not s.running
+        ]
         return min(runs) if runs else None
 
     def on_deadline(self, now: float) -> None:

@@ -57,8 +57,16 @@ def spawn(
     With ``tty_fd``, the new group also becomes the terminal's foreground group;
     ``env`` replaces pidone's environment.
     """
-    read_end, write_end = os.pipe()  # both close-on-exec
-    pid = os.fork()
+    try:
+        read_end, write_end = os.pipe()  # both close-on-exec
+    except OSError as exc:  # out of file descriptors
+        raise SpawnError(argv[0], exc.errno or errno.EMFILE) from None
+    try:
+        pid = os.fork()
+    except OSError as exc:  # EAGAIN at the pids limit, ENOMEM
+        os.close(read_end)
+        os.close(write_end)
+        raise SpawnError(argv[0], exc.errno or errno.EAGAIN) from None
     if pid == 0:  # pragma: no cover - runs in the child, reported through the pipe
         try:
             os.close(read_end)

@@ -236,3 +236,11 @@ def test_restart_policy_decides_from_cause_code_and_failure(policy, cause, code,
     from pidone.lifecycle import should_restart
 
     assert should_restart(policy, cause, code, failed) is expected
+
+
+def test_backoff_survives_thousands_of_restarts_in_a_row():
+    from pidone.lifecycle import Backoff
+
+    b = Backoff(delay=0.1, maximum=1, reset_after=600)
+    delays = [b.next_delay(0) for _ in range(3000)]
+    assert delays[-1] == 1

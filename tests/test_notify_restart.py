@@ -228,3 +228,44 @@ def test_watchdog_without_notify_is_refused_before_anything_starts(tmp_path):
     assert done.stderr.count("\n") == 1
     assert "--watchdog needs --notify" in done.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_shutdown_signal_during_a_stop_pidone_began_is_never_undone_by_a_restart(run):
+    p = run(
+        [
+            "--restart",
+            "always",
+            "--restart-delay",
+            "0.1",
+            "--grace",
+            "2",
+            "--liveness-probe=exec:false",
+            "--liveness-period",
+            "0.2",
+            "--liveness-failure-threshold",
+            "1",
+        ],
+        app("tree", "--ignore-term"),
+    )
+    p.err.wait_for('"stopping_app"')
+    p.kill(signal.SIGTERM)  # docker stop, while pidone stops the app for its own reason
+    assert p.wait() == 137
+    assert p.event("shutdown_joined")["cause"] == "liveness_probe_failed"
+    assert not [e for e in p.events() if e["event"] == "restart_scheduled"]
+    assert sum(e["event"] == "app_started" for e in p.events()) == 1
+
+
+def test_a_probe_slower_than_its_period_does_not_make_pidone_spin(run):
+    p = run(
+        ["--liveness-probe=exec:sleep 1.5", "--liveness-period", "0.2", "--liveness-timeout", "5"],
+        app("recorder"),
+    )
+    p.ready()
+    proc = psutil.Process(p.pid)
+    time.sleep(0.3)  # the first run has started and is still going
+    before = proc.cpu_times()
+    time.sleep(1.0)  # measuring CPU use over a window, not synchronising
+    after = proc.cpu_times()
+    assert (after.user + after.system) - (before.user + before.system) < 0.1
+    p.kill(signal.SIGTERM)
+    assert p.wait() == 0

@@ -337,3 +337,11 @@ def test_idle_pidone_with_a_status_port_does_not_wake_up(run):
     assert sum(proc.num_ctx_switches()) - before == 0
     p.kill(signal.SIGTERM)
     p.wait()
+
+
+def test_leftovers_of_an_init_command_do_not_outlive_a_failed_start(run):
+    tag = "301.77"
+    p = run(["--grace", "1", "--init", f"sh -c 'sleep {tag} & exit 0'"], ["/nonexistent/app"])
+    assert p.wait() == 127
+    assert p.final()["reason"] == "StartError"
+    assert processes_with(f"sleep {tag}") == []

@@ -10,7 +10,7 @@ from pathlib import Path
 from .errors import BenchError
 
 HELPERS_DIR = Path(__file__).resolve().parent.parent / "helpers"
-NAMES = ("stamp", "noop", "waiter", "sigecho", "orphans", "tree")
+NAMES = ("stamp", "noop", "waiter", "sigecho", "orphans", "tree", "httpok")
 
 
 @dataclass(frozen=True)
@@ -21,6 +21,7 @@ class Helpers:
     sigecho: str
     orphans: str
     tree: str
+    httpok: str
 
 
 def build_helpers(out_dir: Path) -> Helpers:

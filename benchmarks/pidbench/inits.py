@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shlex
-import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ if TYPE_CHECKING:
 FLOOR_CODE = "import os,sys; os.execvp(sys.argv[1], sys.argv[1:])"
 
 PIDONE = "pidone"
+PIDONE_PROBES = "pidone + probes"
 FLOOR = "python-floor"
 
 
@@ -29,6 +29,9 @@ class Init:
     reaps: bool = True  # does it reap orphans handed to it?
     escalates: bool = False  # does it SIGKILL what survives a grace period?
     version: str = ""
+    # pidone with probes and a status endpoint: the workloads that support it
+    # add the probe options (ports are picked per sample) and an idle crowd.
+    probes: bool = False
 
     def command(self, app: Sequence[str], options: Sequence[str] = ()) -> list[str]:
         return [*self.prefix, *options, *self.separator, *app]
@@ -43,14 +46,10 @@ def python3() -> str:
     return sys.executable
 
 
-def default_pidone_command() -> str:
-    if shutil.which("pidone"):
-        return "pidone"
-    return f"{shlex.quote(python3())} -m pidone"
-
-
 def all_inits(pidone_command: str) -> list[Init]:
     """Every init of the comparison, in a fixed reporting order."""
+    pidone = tuple(shlex.split(pidone_command))
+    version = _version([*pidone, "--version"])
     return [
         Init("tini", ("tini",), version=_version(["tini", "--version"])),
         Init("dumb-init", ("dumb-init",), version=_version(["dumb-init", "--version"])),
@@ -63,12 +62,8 @@ def all_inits(pidone_command: str) -> list[Init]:
             reaps=False,
             version=_version([python3(), "--version"]),
         ),
-        Init(
-            PIDONE,
-            tuple(shlex.split(pidone_command)),
-            escalates=True,
-            version=_version([*shlex.split(pidone_command), "--version"]),
-        ),
+        Init(PIDONE, pidone, escalates=True, version=version),
+        Init(PIDONE_PROBES, pidone, escalates=True, version=version, probes=True),
     ]
 
 

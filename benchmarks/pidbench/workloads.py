@@ -1,5 +1,9 @@
 """The seven workloads.  Each sampler runs one init once and returns metrics.
 
+Signal forwarding and stop latency also run the "pidone + probes" variant
+(see probing.py): the same measurement with probes firing and an idle crowd
+on the status port.
+
 Samplers raise BenchError on failure; the runner records it and moves on.
 Every sampler runs its container inside ``with``, so the namespace is killed
 whatever happens.
@@ -7,7 +11,9 @@ whatever happens.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import random
 import signal
 import time
 from dataclasses import dataclass
@@ -16,6 +22,7 @@ from typing import TYPE_CHECKING
 from . import procfs
 from .container import monotonic_ns, reap_strays, running
 from .errors import BenchError
+from .probing import ProbeRig, probe_rig
 from .stats import percentile
 
 if TYPE_CHECKING:
@@ -46,6 +53,11 @@ class Plan:
     idle_window_s: float = 5.0
     signals: int = 200
     signal_reps: int = 3
+    # The paced variant spaces its signals by a random gap in [0, this] (one
+    # seeded sequence, the same for every run), so that 200 signals span
+    # ~0.5 s, about ten probe periods; back to back they take ~30 ms and
+    # usually overlap no probe run at all.
+    signal_gap_max_s: float = 0.005
     reap_sizes: tuple[int, ...] = (2000, 10000)
     reap_reps: tuple[int, ...] = (5, 3)
     tree_size: int = 1000
@@ -159,21 +171,63 @@ def idle(ctx: Context, init: Init) -> Values:
 # -- 4. signal forwarding ---------------------------------------------------
 
 
-def forwarding(ctx: Context, init: Init) -> Values:
-    """SIGUSR1 to PID 1 -> sigwaitinfo() returns in the app, one at a time."""
-    with _container(ctx, init, [ctx.helpers.sigecho]) as box:
-        box.start()
-        box.lines.expect("ready", START_TIMEOUT_S)
-        pid = box.init_pid()
+def forwarding(*, paced: bool) -> Callable[[Context, Init], Values]:
+    """SIGUSR1 to PID 1 -> sigwaitinfo() returns in the app, one at a time.
+
+    Back to back, or paced (random gaps, see Plan.signal_gap_max_s); the
+    paced metrics are prefixed ``paced_`` and also count the probe runs that
+    started during the window (pidone + probes only).
+    """
+    prefix = "paced_" if paced else ""
+
+    def sample(ctx: Context, init: Init) -> Values:
+        plan = ctx.plan
+        extra: Values = {}
+        with contextlib.ExitStack() as stack:
+            rig = stack.enter_context(probe_rig(ctx.helpers.httpok)) if init.probes else None
+            app = [ctx.helpers.sigecho]
+            options = rig.options() if rig else ()
+            box = stack.enter_context(_container(ctx, init, app, options=options))
+            box.start()
+            box.lines.expect("ready", START_TIMEOUT_S)
+            pid = box.init_pid()
+            runs_before = _prepare(rig, pid)
+            rng = random.Random(0)  # spacing, not security
+            latencies = []
+            for _ in range(plan.signals):
+                if paced:
+                    time.sleep(rng.uniform(0, plan.signal_gap_max_s))
+                latencies.append(_one_signal(box, pid))
+            if rig is not None:
+                rig.check_crowd()
+                extra[f"{prefix}probe_runs"] = rig.probe_runs() - runs_before
+            elif paced:
+                extra[f"{prefix}probe_runs"] = 0
+            box.signal_init(signal.SIGTERM)
+            box.wait_init_gone(START_TIMEOUT_S)
+        return {
+            f"{prefix}signal_p50_us": percentile(latencies, 50),
+            f"{prefix}signal_p99_us": percentile(latencies, 99),
+            f"{prefix}signal_max_us": max(latencies),
+            **extra,
+        }
+
+    return sample
+
+
+def _prepare(rig: ProbeRig | None, pid: int) -> int:
+    """Bring the init to its steady state before a measurement.
+
+    Plain inits: until PID 1 stops using CPU.  With probes it never does, so:
+    until each probe has run a few times, then open the idle crowd.  Returns
+    the probe runs counted so far (0 without probes).
+    """
+    if rig is None:
         wait_settled(pid)
-        latencies = [_one_signal(box, pid) for _ in range(ctx.plan.signals)]
-        box.signal_init(signal.SIGTERM)
-        box.wait_init_gone(START_TIMEOUT_S)
-    return {
-        "signal_p50_us": percentile(latencies, 50),
-        "signal_p99_us": percentile(latencies, 99),
-        "signal_max_us": max(latencies),
-    }
+        return 0
+    rig.wait_warm()
+    rig.open_crowd()
+    return rig.probe_runs()
 
 
 def _one_signal(box: Container, pid: int) -> float:
@@ -188,10 +242,15 @@ def _one_signal(box: Container, pid: int) -> float:
 
 def stop(ctx: Context, init: Init) -> Values:
     """SIGTERM to PID 1 -> init gone, with an app that exits at once on TERM."""
-    with _container(ctx, init, [ctx.helpers.waiter]) as box:
+    with contextlib.ExitStack() as stack:
+        rig = stack.enter_context(probe_rig(ctx.helpers.httpok)) if init.probes else None
+        options = rig.options() if rig else ()
+        box = stack.enter_context(_container(ctx, init, [ctx.helpers.waiter], options=options))
         box.start()
         box.lines.expect("ready", START_TIMEOUT_S)
-        wait_settled(box.init_pid())  # also opens the pidfd before the clock starts
+        _prepare(rig, box.init_pid())  # init_pid() also opens the pidfd before the clock
+        if rig is not None:
+            rig.check_crowd()
         sent = monotonic_ns()
         box.signal_init(signal.SIGTERM)
         gone = box.wait_init_gone(START_TIMEOUT_S)
