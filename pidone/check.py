@@ -34,11 +34,11 @@ from pidone.lifecycle import KILL_WAIT, app_reserve
 from pidone.options import (
     BY_NAME,
     CONFIG_ENVVAR,
-    ENV_SEPARATOR,
     OPTIONS,
     Option,
     build_config,
     scan,
+    split_env,
 )
 
 FLAG = "flag"
@@ -155,7 +155,7 @@ def _raw(
         return given[opt.name], FLAG, f"'--{opt.name}'"
     env = environ.get(opt.envvar)
     if env:
-        texts = env.split(ENV_SEPARATOR) if opt.multiple else [env]
+        texts = split_env(env) if opt.multiple else [env]
         return texts, f"env {opt.envvar}", f"{opt.envvar} (--{opt.name})"
     if loaded is not None and opt.key in loaded.values:
         value = loaded.values[opt.key]

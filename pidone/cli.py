@@ -30,6 +30,7 @@ from pidone.options import (
     OPTIONS,
     Option,
     build_config,
+    split_env,
     wants_check,
 )
 
@@ -38,6 +39,9 @@ class _Parsed(click.ParamType):  # type: ignore[type-arg]  # generic only in cli
     """A click type backed by one of config's pure parsers."""
 
     envvar_list_splitter = ENV_SEPARATOR
+
+    def split_envvar_value(self, rv: str) -> Sequence[str]:
+        return split_env(rv)
 
     def __init__(self, option: Option) -> None:
         self.name = option.metavar

@@ -98,9 +98,6 @@ class Config(NamedTuple):
     restart_delay_max: float = 300.0
     restart_reset: float = 600.0
 
-    def probe(self, kind: str) -> Probe | None:
-        return next((p for p in self.probes if p.kind == kind), None)
-
     def remap(self, code: int) -> int:
         for src, dst in self.remap_exit:
             if code == src:

@@ -46,7 +46,7 @@ OUTPUT_LIMIT = 4096
 class DrainOutcome:
     index: int
     step: str
-    outcome: str  # "ok" | "failed" | "timed_out" | "skipped"
+    outcome: str  # "ok" | "failed" | "timed_out"
     detail: str
     start_s: float
     duration_s: float

@@ -206,8 +206,6 @@ class Shutdown:
         """Every process but pidone is gone (waitpid said ECHILD)."""
         if not self.app_exited or self.phase in (Phase.RUNNING, Phase.DONE):
             return []
-        if self.phase is Phase.DRAINING:
-            return []  # drains are pidone's own; the app's exit moves us on
         return self._finish(now)
 
     def on_deadline(self, now: float) -> list[Action]:

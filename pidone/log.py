@@ -11,6 +11,7 @@ pipe, and tells the loop that the SIGPIPE it is about to see was its own.
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 import types
@@ -74,9 +75,10 @@ class _DeferredModule(types.ModuleType):
     """
 
     def __getattr__(self, attr: str) -> Any:
-        del sys.modules[self.__name__]
-        real = __import__(self.__name__)
-        sys.modules[self.__name__] = real
+        real = sys.modules.get(self.__name__)
+        if real is self or real is None:  # first use: replace the stand-in for good
+            sys.modules.pop(self.__name__, None)
+            real = importlib.import_module(self.__name__)
         return getattr(real, attr)
 
 

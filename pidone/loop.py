@@ -422,14 +422,7 @@ class Supervisor:
             self._reap()
 
     def _forward(self, signum: int) -> None:
-        if self.app_pid is None or self.shutdown.app_exited:
-            return
-        try:
-            if self.config.signal_to == "group":
-                os.killpg(self.app_pid, signum)
-            else:
-                os.kill(self.app_pid, signum)
-        except ProcessLookupError:
+        if self.app_pid is None or self.shutdown.app_exited or not self._signal_app(signum):
             return
         self.log.debug(
             "signal_forwarded",
@@ -485,9 +478,7 @@ class Supervisor:
                 if self.stage == "init" and self._on_init_exit(ex):
                     continue
                 self._on_app_exit(ex, now)
-            elif self.runner.on_child_exit(ex):
-                pass
-            else:
+            elif not self.runner.on_child_exit(ex):
                 self.log.debug("orphan_reaped", pid=ex.pid, exit_code=ex.code)
         if none_left and self.shutdown.app_exited:
             self._feed(self.shutdown.on_nothing_left, now)
@@ -594,13 +585,18 @@ class Supervisor:
             elif isinstance(action, Finish):
                 self._run_over()
 
-    def _signal_app(self, signum: int) -> None:
-        assert self.app_pid is not None
-        with contextlib.suppress(ProcessLookupError):
+    def _signal_app(self, signum: int) -> bool:
+        """Signal the app, or its group with --signal-to group; False if it is gone."""
+        if self.app_pid is None:
+            return False
+        try:
             if self.config.signal_to == "group":
                 os.killpg(self.app_pid, signum)
             else:
                 os.kill(self.app_pid, signum)
+        except (ProcessLookupError, PermissionError):
+            return False
+        return True
 
     def _signal_rest(self, signum: int) -> None:
         if not spawn.has_children():
@@ -644,6 +640,7 @@ class Supervisor:
     def _run_over(self) -> None:
         """The app and everything it started are gone: restart it, or end pidone."""
         now = time.monotonic()
+        self._check_oom()
         code = self.report.exit_code()
         reason = self.report.reason(self.shutdown)
         failed = self.report.failure is not None
@@ -673,20 +670,25 @@ class Supervisor:
         from pidone import report
 
         self.report = report.Report()
-        self.shutdown = self._app_shutdown()
         self.probes = None
         self.hooks_ok = None
         self.app_pid = None
         self._start_app()
 
     def _finish(self) -> int:
-        from pidone import cgroup, report
+        from pidone import report
 
-        now = time.monotonic()
+        self._check_oom()
+        return self.conclude(time.monotonic(), report)
+
+    def _check_oom(self) -> None:
+        """Did the memory cgroup count an OOM kill during this run?"""
+        from pidone import cgroup
+
         oom_after = cgroup.oom_kills()
         if self.oom_before is not None and oom_after is not None and oom_after > self.oom_before:
             self.report.oom = True
-        return self.conclude(now, report)
+        self.oom_before = oom_after  # the next run counts from here
 
     def conclude(self, now: float, report_mod: Any) -> int:
         code = self.config.remap(self.report.exit_code())

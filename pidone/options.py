@@ -253,6 +253,12 @@ BY_NAME = {opt.name: opt for opt in OPTIONS}
 ENV_SEPARATOR = "\n"
 
 
+def split_env(text: str) -> list[str]:
+    """A repeatable option's values from its variable: one a line, blank lines skipped
+    (a YAML ``|`` block ends with a newline)."""
+    return [line for line in text.split(ENV_SEPARATOR) if line.strip()]
+
+
 def build_config(values: Mapping[str, Any], argv: Sequence[str]) -> Config:
     """Config from parsed option values keyed by ``Option.key``.
 
@@ -365,7 +371,7 @@ def _values(
         raw = given.get(opt.name)
         if raw is None and environ.get(opt.envvar):
             env = environ[opt.envvar]
-            raw = env.split(ENV_SEPARATOR) if opt.multiple else [env]
+            raw = split_env(env) if opt.multiple else [env]
         if raw is None and opt.key in file_values:
             from_file = file_values[opt.key]
             raw = from_file if isinstance(from_file, list) else [from_file]

@@ -18,6 +18,7 @@ import os
 import signal
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 IS_PID1 = os.getpid() == 1
 
@@ -33,12 +34,38 @@ class ProcessInfo:
 
 
 def descendants(root: int | None = None) -> list[int]:
-    """Pids below ``root`` (default: pidone itself), children first."""
+    """Pids below ``root`` (default: pidone itself), parents before their children.
+
+    Walks down from ``root`` through the kernel's per-thread ``children``
+    lists, touching only the subtree; psutil's walk, the fallback where
+    the kernel lacks those lists, reads every process on the machine.
+    """
+    start = os.getpid() if root is None else root
+    if not Path(f"/proc/{start}/task/{start}/children").exists():
+        return _descendants_psutil(start)
+    found: list[int] = []
+    queue = [start]
+    while queue:
+        kids = _children(queue.pop(0))
+        found.extend(kids)
+        queue.extend(kids)
+    return found
+
+
+def _children(pid: int) -> list[int]:
+    kids: list[int] = []
+    with contextlib.suppress(OSError):  # it exited meanwhile: it has no children
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError, ValueError):
+                kids += map(int, Path(f"/proc/{pid}/task/{task}/children").read_text().split())
+    return kids
+
+
+def _descendants_psutil(root: int) -> list[int]:
     import psutil
 
     try:
-        proc = psutil.Process(root) if root is not None else psutil.Process()
-        return [child.pid for child in proc.children(recursive=True)]
+        return [child.pid for child in psutil.Process(root).children(recursive=True)]
     except psutil.Error:
         return []
 

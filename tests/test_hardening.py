@@ -23,6 +23,8 @@ import psutil
 import pytest
 from harness import PY, ROOT, Lines, app, processes_with, wait_until
 
+from pidone.options import BY_NAME
+
 pytestmark = pytest.mark.timeout(40)
 TOL = 0.5
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -97,7 +99,9 @@ def _bad_params() -> Iterator[Any]:
     for option, values in BAD.items():
         for value in values:
             yield pytest.param(option, value, "cli", id=f"--{option}={value!r}")
-            if value != "":  # an empty PIDONE_* variable means "not set" (documented)
+            # An empty PIDONE_* variable means "not set"; a repeatable one reads
+            # one value a line and skips blank lines (both documented).
+            if value.strip() or (value and BY_NAME[option].multiple is False):
                 yield pytest.param(option, value, "env", id=f"PIDONE_{option}={value!r}")
 
 
