@@ -9,7 +9,7 @@ import time
 
 import psutil
 import pytest
-from harness import PY, ROOT, app, wait_until
+from harness import PY, ROOT, Pidone, app, wait_until
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -160,16 +160,18 @@ def test_every_orphan_zombie_is_reaped(run, mode):
     assert p.wait() == 128 + signal.SIGTERM
 
 
-def test_orphans_come_to_pidone_when_not_pid1(run, mode):
-    if mode != "subreaper":
-        pytest.skip("subreaper behaviour")
-    p = run([], app("tree", "--worker", "daemon"))
-    line = p.out.wait_for("ready")
-    daemon_pid = int(line.split()[-1])
-    # The daemon's parent exited right after forking it: it must now be ours.
-    wait_until(lambda: psutil.Process(daemon_pid).ppid() == p.pid)
-    p.kill(signal.SIGTERM)
-    p.wait()
+def test_orphans_come_to_pidone_when_not_pid1():
+    p = Pidone("subreaper", [], app("tree", "--worker", "daemon"))
+    try:
+        line = p.out.wait_for("ready")
+        daemon_pid = int(line.split()[-1])
+        # The daemon's parent exited right after forking it: it must now be ours.
+        wait_until(lambda: psutil.Process(daemon_pid).ppid() == p.pid)
+        p.kill(signal.SIGTERM)
+        p.wait()
+    finally:
+        if p.proc.poll() is None:
+            p.destroy()
 
 
 def test_app_starts_with_empty_mask_and_default_dispositions(run):
