@@ -273,6 +273,7 @@ class Runner:
         self._threads_fd: int | None = None
         self._write_fd = -1
         self._finished: deque[tuple[int, bool, str]] = deque()
+        self._exited: deque[tuple[int, spawn.Exit]] = deque()
 
     # -- starting and stopping --------------------------------------------------
 
@@ -326,15 +327,28 @@ class Runner:
 
     # -- events from the loop -------------------------------------------------------
 
-    def on_child_exit(self, ex: spawn.Exit) -> bool:
-        """Claim the exit of one of our commands."""
+    def claim(self, ex: spawn.Exit) -> bool:
+        """Take the exit of one of our commands; its result waits for :meth:`deliver`.
+
+        The reaper claims a whole batch of exits first: a pid that is already
+        reaped must never be signalled, and a callback run meanwhile could.
+        """
         token = self._by_pid.pop(ex.pid, None)
         if token is None:
             return False
-        signum = ex.signal
-        detail = f"exit code {ex.code}" if signum is None else f"signal {signal_name(signum)}"
-        self._complete(token, ok=ex.code == 0, detail=detail)
+        self._jobs[token].pid = None  # reaped: nothing left to kill
+        self._exited.append((token, ex))
         return True
+
+    def deliver(self) -> None:
+        """Report the results of the commands claimed so far."""
+        while self._exited:
+            token, ex = self._exited.popleft()
+            if token not in self._jobs:
+                continue  # cancelled in the meantime
+            signum = ex.signal
+            detail = f"exit code {ex.code}" if signum is None else f"signal {signal_name(signum)}"
+            self._complete(token, ok=ex.code == 0, detail=detail)
 
     def next_deadline(self) -> float | None:
         deadlines = [job.deadline for job in self._jobs.values() if job.deadline is not None]

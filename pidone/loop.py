@@ -473,13 +473,17 @@ class Supervisor:
     def _reap(self) -> None:
         exits, none_left = spawn.reap()
         now = time.monotonic()
+        # Everything in the batch is reaped already: first mark all of it (so
+        # nothing acts on a pid that is gone), then the app, then the actions.
+        app_exit = None
         for ex in exits:
             if ex.pid == self.app_pid:
-                if self.stage == "init" and self._on_init_exit(ex):
-                    continue
-                self._on_app_exit(ex, now)
-            elif not self.runner.on_child_exit(ex):
+                app_exit = ex
+            elif not self.runner.claim(ex):
                 self.log.debug("orphan_reaped", pid=ex.pid, exit_code=ex.code)
+        if app_exit is not None and not (self.stage == "init" and self._on_init_exit(app_exit)):
+            self._on_app_exit(app_exit, now)
+        self.runner.deliver()
         if none_left and self.shutdown.app_exited:
             self._feed(self.shutdown.on_nothing_left, now)
 

@@ -230,7 +230,8 @@ def test_watchdog_without_notify_is_refused_before_anything_starts(tmp_path):
     assert not (tmp_path / "x").exists()
 
 
-def test_shutdown_signal_during_a_stop_pidone_began_is_never_undone_by_a_restart(run):
+def test_shutdown_signal_during_a_stop_pidone_began_is_never_undone_by_a_restart(run, tmp_path):
+    go = tmp_path / "go"
     p = run(
         [
             "--restart",
@@ -239,7 +240,7 @@ def test_shutdown_signal_during_a_stop_pidone_began_is_never_undone_by_a_restart
             "0.1",
             "--grace",
             "2",
-            "--liveness-probe=exec:false",
+            f"--liveness-probe=exec:test ! -e {go}",
             "--liveness-period",
             "0.2",
             "--liveness-failure-threshold",
@@ -247,6 +248,8 @@ def test_shutdown_signal_during_a_stop_pidone_began_is_never_undone_by_a_restart
         ],
         app("tree", "--ignore-term"),
     )
+    p.out.wait_for("ready")  # TERM is ignored from here on
+    go.touch()
     p.err.wait_for('"stopping_app"')
     p.kill(signal.SIGTERM)  # docker stop, while pidone stops the app for its own reason
     assert p.wait() == 137

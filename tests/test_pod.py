@@ -118,25 +118,30 @@ def test_post_start_hook_runs_beside_the_app(run, tmp_path):
     assert p.final()["reason"] == "Completed"
 
 
-def test_failing_post_start_hook_stops_the_app_and_never_exits_0(run):
-    p = run(["--post-start", "sh -c 'exit 5'"], app("recorder"))
+def test_failing_post_start_hook_stops_the_app_and_never_exits_0(run, tmp_path):
+    # The hook fails once the test says so: after the app is ready for its TERM.
+    go = tmp_path / "go"
+    hook = f"sh -c 'while [ ! -e {go} ]; do sleep 0.02; done; exit 5'"
+    p = run(["--post-start", hook], app("recorder"))
+    p.ready()
+    go.touch()
     assert p.wait() == 1  # the app exits 0 on TERM; pidone still reports the failure
     assert "signal SIGTERM" in p.out.lines
     final = p.final()
     assert final["reason"] == "PostStartHookFailed"
     assert final["failure"]["detail"] == "exit code 5"
-    assert p.event("FailedPostStartHook")["hook"] == "sh -c 'exit 5'"
+    assert p.event("FailedPostStartHook")["hook"] == hook
 
 
 def test_post_start_hook_past_its_timeout_is_killed_and_stops_the_app(run):
     tag = uuid.uuid4().hex[:8]
     p = run(
-        ["--hook-timeout", "0.5", "--post-start", f"sh -c 'sleep 30; echo {tag}'"], app("recorder")
+        ["--hook-timeout", "1", "--post-start", f"sh -c 'sleep 30; echo {tag}'"], app("recorder")
     )
     p.ready()
     started = time.monotonic()
     assert p.wait() == 1
-    assert time.monotonic() - started < 0.5 + 1.5
+    assert time.monotonic() - started < 1 + 1.5
     assert p.final()["reason"] == "PostStartHookFailed"
     assert "timed out" in p.final()["failure"]["detail"]
     assert processes_with(tag) == []
@@ -203,7 +208,7 @@ def test_startup_probe_that_never_succeeds_stops_the_app(run):
             "--startup-period",
             "0.1",
             "--startup-failure-threshold",
-            "3",
+            "8",  # ~0.7 s: the app is ready for its TERM by then
         ],
         app("recorder"),
     )
@@ -224,6 +229,8 @@ def test_hung_exec_probe_is_killed_at_its_timeout(run):
             "1",
             "--liveness-failure-threshold",
             "1",
+            "--liveness-initial-delay",
+            "0.5",
         ],
         app("recorder"),
     )
@@ -234,10 +241,11 @@ def test_hung_exec_probe_is_killed_at_its_timeout(run):
     assert processes_with(f"sleep {tag}") == []
 
 
-def test_exec_probe_output_is_reported_when_unhealthy(run):
+def test_exec_probe_output_is_reported_when_unhealthy(run, tmp_path):
+    go = tmp_path / "go"
     p = run(
         [
-            "--liveness-probe=exec:sh -c 'echo disk full; exit 1'",
+            f"--liveness-probe=exec:sh -c 'test -e {go} || exit 0; echo disk full; exit 1'",
             "--liveness-period",
             "0.2",
             "--liveness-failure-threshold",
@@ -245,6 +253,8 @@ def test_exec_probe_output_is_reported_when_unhealthy(run):
         ],
         app("recorder"),
     )
+    p.ready()
+    go.touch()
     assert p.wait() == 1
     assert "disk full" in p.event("Unhealthy")["output"]
     assert "disk full" in p.final()["failure"]["output"]
@@ -332,6 +342,13 @@ def test_idle_pidone_with_a_status_port_does_not_wake_up(run):
     p.ready()
     wait_until(lambda: status_code(port, "/livez") == 200)
     proc = psutil.Process(p.pid)
+
+    def settled() -> bool:  # the last status connection is fully closed
+        before = sum(proc.num_ctx_switches())
+        time.sleep(0.3)
+        return sum(proc.num_ctx_switches()) == before
+
+    wait_until(settled, timeout=10)
     before = sum(proc.num_ctx_switches())
     time.sleep(2.0)  # measuring idleness over a window, not synchronising
     assert sum(proc.num_ctx_switches()) - before == 0
