@@ -2,38 +2,39 @@
 
 The kernel counts OOM kills per memory cgroup; reading the counter at start
 and at the end tells whether the container lost a process to the OOM killer
-during the run, which is what Kubernetes reports as ``OOMKilled``.
+during the run, which is what Kubernetes reports as ``OOMKilled``.  The
+first reading is taken before the app starts (an app can be OOM-killed
+within milliseconds), so this module uses nothing but ``open``.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+_ROOT = "/sys/fs/cgroup"
 
-_ROOT = Path("/sys/fs/cgroup")
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path, encoding="ascii", errors="replace") as fh:
+            return fh.read()
+    except OSError:
+        return None
 
 
 def _own_cgroups() -> dict[str, str]:
     """Controller name (or "" for the v2 unified hierarchy) -> cgroup path."""
     found: dict[str, str] = {}
-    try:
-        text = Path("/proc/self/cgroup").read_text()
-    except OSError:
-        return found
-    for line in text.splitlines():
+    for line in (_read("/proc/self/cgroup") or "").splitlines():
         _, controllers, path = line.split(":", 2)
         for name in controllers.split(","):
-            found[name] = path
+            found[name] = path.rstrip("/")
     return found
 
 
-def _counter(path: Path, key: str) -> int | None:
-    try:
-        for line in path.read_text().splitlines():
-            name, _, value = line.partition(" ")
-            if name == key:
-                return int(value)
-    except (OSError, ValueError):
-        return None
+def _counter(path: str, key: str) -> int | None:
+    for line in (_read(path) or "").splitlines():
+        name, _, value = line.partition(" ")
+        if name == key and value.strip().isdigit():
+            return int(value)
     return None
 
 
@@ -41,13 +42,12 @@ def oom_kills() -> int | None:
     """The OOM-kill count of our memory cgroup, or None where none is readable."""
     groups = _own_cgroups()
     if "memory" in groups:  # v1 memory controller
-        v1 = _ROOT / "memory" / groups["memory"].lstrip("/") / "memory.oom_control"
-        count = _counter(v1, "oom_kill")
+        count = _counter(f"{_ROOT}/memory{groups['memory']}/memory.oom_control", "oom_kill")
         if count is not None:
             return count
-    if "" in groups:  # v2: the unified hierarchy, possibly mounted at the root
-        for base in (_ROOT, _ROOT / "unified"):
-            count = _counter(base / groups[""].lstrip("/") / "memory.events", "oom_kill")
+    if "" in groups:  # v2: the unified hierarchy, possibly mounted beside v1
+        for base in (_ROOT, f"{_ROOT}/unified"):
+            count = _counter(f"{base}{groups['']}/memory.events", "oom_kill")
             if count is not None:
                 return count
     return None

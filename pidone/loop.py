@@ -316,12 +316,11 @@ class Supervisor:
     def _setup_reporting(self) -> None:
         # Everything imported here costs start-up time, so it happens after the
         # app is already running.
-        from pidone import cgroup, log, report
+        from pidone import log, report
 
         self.log = log.setup(self.config.log_format, self.config.log_level, self._on_broken_pipe)
         self.base_log = self.log
         self.report = report.Report()
-        self.oom_before = cgroup.oom_kills()
 
     def _on_broken_pipe(self) -> None:
         self.self_sigpipes += 1
@@ -723,11 +722,13 @@ def supervise(  # noqa: PLR0913 - what was set up before the app started, handed
     status: Any = None,
     notify: Any = None,
     app_env: dict[str, str] | None = None,
+    oom_before: int | None = None,
 ) -> int:
     """Supervise the app: already started, not startable, or (None) after the init commands."""
     sup = Supervisor(config, wake_fd)
     sup.foreground = foreground
     sup.app_env = app_env
+    sup.oom_before = oom_before
     try:
         if status is not None:
             sup.status = status

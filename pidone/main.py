@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from pidone import signals, spawn
+from pidone import cgroup, signals, spawn
 from pidone.config import Config
 from pidone.options import fast_parse, wants_check
 
@@ -62,6 +62,7 @@ def run(config: Config) -> int:
     status = _status_server(config.status_addr) if config.status_addr else None
     notify, env = _notify_socket(config) if config.notify else (None, None)
     wake_fd = signals.install()  # before the app exists: no signal may be lost
+    oom_before = cgroup.oom_kills()  # the app could be OOM-killed within milliseconds
     tty = foreground_tty()
     app: int | spawn.SpawnError | None = None  # None: the loop runs the init commands first
     if not config.inits:
@@ -79,6 +80,7 @@ def run(config: Config) -> int:
         status=status,
         notify=notify,
         app_env=env,
+        oom_before=oom_before,
     )
 
 
