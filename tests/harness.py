@@ -203,3 +203,25 @@ def http_get(port: int, path: str, timeout: float = 2.0) -> tuple[int, bytes]:
         return response.status, response.read()
     finally:
         conn.close()
+
+
+def wakeups_while_idle(pid: int, window: float = 2.0) -> int:
+    """Context switches of ``pid`` over ``window`` seconds, once it has settled.
+
+    Settled: no switch for 0.3 s (start-up, or a status connection being
+    closed, is over), awaited for up to 10 s on a loaded machine.
+    """
+    proc = psutil.Process(pid)
+
+    def switches() -> int:
+        return sum(proc.num_ctx_switches())
+
+    def settled() -> bool:
+        before = switches()
+        time.sleep(0.3)
+        return switches() == before
+
+    wait_until(settled, timeout=10)
+    before = switches()
+    time.sleep(window)  # measuring idleness over a window, not synchronising
+    return switches() - before
