@@ -58,7 +58,7 @@ class Supervisor:
         self.app_pid: int | None = None
         self.shutdown = self._app_shutdown()
         self.runner = Runner(self.selector)
-        self.probes: Any = None  # pidone.probes.Probes, when probes are configured
+        self.pod: Any = None  # pidone.pod.Pod: hooks, probes, sd_notify of the current run
         self.status: Any = None  # pidone.status.StatusServer, with --status-addr
         # drain index -> the runner's token, for the drain that is running now.
         self.drain_tokens: dict[int, int] = {}
@@ -72,14 +72,10 @@ class Supervisor:
         self.stage = "app"  # "init" while init commands run, then "app"
         self.init_index = 0
         self.app_started_at: float | None = None
-        self.hooks_ok: bool | None = None  # post-start hooks: None while running
         # sd_notify: the socket (with --notify), the environment that names it,
         # and what the app said in this run.
         self.notify: Any = None
         self.app_env: dict[str, str] | None = None
-        self.notified_ready = False
-        self.notify_status: str | None = None
-        self.watchdog_deadline: float | None = None
         # Restarts: the backoff, the time of the next start, the last run's end.
         self.backoff = Backoff(config.restart_delay, config.restart_delay_max, config.restart_reset)
         self.restart_at: float | None = None
@@ -177,10 +173,6 @@ class Supervisor:
     def _app_running(self, pid: int, now: float) -> None:
         self.app_pid = pid
         self.app_started_at = now
-        self.notified_ready = False
-        self.notify_status = None
-        if self.config.watchdog is not None:
-            self.watchdog_deadline = now + self.config.watchdog
         self.log.info(
             "app_started",
             pid=pid,
@@ -188,52 +180,12 @@ class Supervisor:
             pidone_pid=os.getpid(),
             foreground=self.foreground,
         )
-        if self.config.probes:
-            from pidone.probes import Probes
+        from pidone.pod import Pod
 
-            self.probes = Probes(self.config, self.runner, self._on_unhealthy, self.log)
-        self._next_post_start(0)
+        self.pod = Pod(self.config, self.runner, self._stop_for, self.log, self.report.hooks)
+        self.pod.start(now)
 
-    # -- post-start hooks and probes ------------------------------------------------
-
-    def _next_post_start(self, index: int) -> None:
-        if index == len(self.config.post_start):
-            self.hooks_ok = True
-            if self.probes is not None:
-                self.probes.start(time.monotonic())
-            return
-        step = self.config.post_start[index]
-        self.log.info(
-            "post_start_started",
-            index=index,
-            hook=step.describe(),
-            timeout_s=self.config.hook_timeout,
-        )
-        done = functools.partial(self._post_start_done, index)
-        self.runner.start(step, self.config.hook_timeout, done)
-
-    def _post_start_done(self, index: int, result: Result) -> None:
-        step = self.config.post_start[index]
-        outcome = {
-            "hook": step.describe(),
-            "ok": result.ok,
-            "detail": result.detail,
-            "duration_s": round(result.duration, 3),
-        }
-        self.report.hooks.append(outcome)
-        if self.shutdown.phase is not Phase.RUNNING:
-            return  # cancelled by the shutdown; nothing to decide any more
-        if result.ok:
-            self.log.info("post_start_finished", **outcome)
-            self._next_post_start(index + 1)
-            return
-        self.hooks_ok = False
-        self.log.warning("FailedPostStartHook", **outcome)
-        self._stop_for("PostStartHookFailed", "post_start_failed", result)
-
-    def _on_unhealthy(self, kind: str, result: Result) -> None:
-        reason = "StartupProbeFailed" if kind == "startup" else "LivenessProbeFailed"
-        self._stop_for(reason, f"{kind}_probe_failed", result)
+    # -- pidone's own reasons to stop -------------------------------------------------
 
     def _stop_for(self, reason: str, cause: str, result: Result) -> None:
         """pidone itself stops the app, with the normal sequence, and remembers why."""
@@ -248,42 +200,23 @@ class Supervisor:
 
     def _shutdown_begins(self) -> None:
         """Whatever starts the shutdown: no more probes, no more hooks."""
-        if self.probes is not None:
-            self.probes.stop()
+        if self.pod is not None:
+            self.pod.stop()
         self.runner.cancel_all("shutdown began")
-        self.watchdog_deadline = None
 
     def on_notify(self, fields: dict[str, str]) -> None:
         """A datagram from the app on the sd_notify socket."""
-        if self.stage != "app" or self.app_pid is None:
-            return
-        if fields.get("READY") == "1" and not self.notified_ready:
-            self.notified_ready = True
-            self.log.info("app_notified_ready")
-        status = fields.get("STATUS", self.notify_status)
-        if status is not None and status[:512] != self.notify_status:
-            self.notify_status = status[:512]
-            self.log.info("app_status", status=self.notify_status)
-        if fields.get("STOPPING") == "1":
-            self.log.info("app_notified_stopping")
-        if fields.get("WATCHDOG") == "1" and self.watchdog_deadline is not None:
-            assert self.config.watchdog is not None
-            self.watchdog_deadline = time.monotonic() + self.config.watchdog
+        if self.stage == "app" and self.pod is not None:
+            self.pod.on_notify(fields)
 
     def snapshot(self) -> Any:
         """What the status endpoint reports, read at the moment of each request."""
         from pidone.status import Snapshot
 
-        running = self.stage == "app" and self.app_pid is not None and not self.shutdown.app_exited
-        probes = self.probes
-        live = running and (probes is None or probes.live)
-        ready = (
-            live
-            and self.shutdown.phase is Phase.RUNNING
-            and self.hooks_ok is True
-            and (probes is None or probes.ready)
-            and (self.notified_ready or not self.config.notify)
-        )
+        pod = self.pod
+        running = self.stage == "app" and pod is not None and not self.shutdown.app_exited
+        live = running and pod.live
+        ready = live and self.shutdown.phase is Phase.RUNNING and pod.ready
         now = time.monotonic()
         status: dict[str, object] = {
             "stage": self.stage,
@@ -292,11 +225,9 @@ class Supervisor:
             "uptime_s": round(now - self.app_started_at, 3) if self.app_started_at else 0.0,
             "live": live,
             "ready": ready,
-            "post_start_hooks": self.report.hooks,
             "restarts": self.backoff.total,
             "last_exit": self.last_exit,
-            "notify_status": self.notify_status,
-            "probes": {k: v.as_dict() for k, v in probes.states.items()} if probes else {},
+            **(pod.status() if pod is not None else {}),
         }
         if self.shutdown.started_at is not None:
             status["shutdown"] = {
@@ -347,20 +278,15 @@ class Supervisor:
 
     def _components(self) -> list[Any]:
         """Everything besides the shutdown machine that keeps time."""
-        return [c for c in (self.runner, self.probes, self.status) if c is not None]
+        return [c for c in (self.runner, self.pod, self.status) if c is not None]
 
     def _next_deadline(self) -> float | None:
         times = [c.next_deadline() for c in (self.shutdown, *self._components())]
-        times += [self.watchdog_deadline, self.restart_at]
+        times.append(self.restart_at)
         due = [t for t in times if t is not None]
         return min(due) if due else None
 
     def _on_deadlines(self, now: float) -> None:
-        if self.watchdog_deadline is not None and now >= self.watchdog_deadline:
-            self.watchdog_deadline = None
-            silence = f"no WATCHDOG=1 for {self.config.watchdog:g}s"
-            self.log.warning("Unhealthy", probe="watchdog", healthy=False, detail=silence)
-            self._stop_for("WatchdogTimeout", "watchdog", Result(False, silence, "", 0.0))
         if self.restart_at is not None and now >= self.restart_at:
             self.restart_at = None
             self._restart()
@@ -673,8 +599,7 @@ class Supervisor:
         from pidone import report
 
         self.report = report.Report()
-        self.probes = None
-        self.hooks_ok = None
+        self.pod = None
         self.app_pid = None
         self._start_app()
 
