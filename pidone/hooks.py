@@ -44,7 +44,6 @@ OUTPUT_LIMIT = 4096
 
 @dataclass(frozen=True)
 class DrainOutcome:
-    index: int
     step: str
     outcome: str  # "ok" | "failed" | "timed_out"
     detail: str

@@ -74,7 +74,6 @@ class Supervisor:
         self.app_started_at: float | None = None
         # sd_notify: the socket (with --notify), the environment that names it,
         # and what the app said in this run.
-        self.notify: Any = None
         self.app_env: dict[str, str] | None = None
         # Restarts: the backoff, the time of the next start, the last run's end.
         self.backoff = Backoff(config.restart_delay, config.restart_delay_max, config.restart_reset)
@@ -437,7 +436,6 @@ class Supervisor:
         if result.detail == DRAIN_TIMED_OUT:
             outcome = "timed_out"
         record = DrainOutcome(
-            index,
             self.config.drains[index].describe(),
             outcome,
             result.detail,
@@ -660,7 +658,6 @@ def supervise(  # noqa: PLR0913 - what was set up before the app started, handed
             status.snapshot = sup.snapshot
             status.register(sup.selector)
         if notify is not None:
-            sup.notify = notify
             notify.register(sup.selector, sup.on_notify)
         if app is None:
             sup.start_inits()

@@ -9,7 +9,7 @@ import time
 
 import psutil
 import pytest
-from harness import PY, ROOT, Pidone, app, wait_until, wakeups_while_idle
+from harness import PY, ROOT, Pidone, app, pidone_cli, wait_until, wakeups_while_idle
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -308,23 +308,10 @@ def test_json_log_lines_carry_event_level_and_utc_timestamp(run):
 
 
 def test_version_and_help():
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    version = subprocess.run(
-        [PY, "-m", "pidone", "--version"],
-        capture_output=True,
-        text=True,
-        timeout=20,
-        env=env,
-        check=True,
-    )
+    version = pidone_cli("--version")
+    assert version.returncode == 0
     assert version.stdout.startswith("pidone ")
-    helptext = subprocess.run(
-        [PY, "-m", "pidone", "--help"],
-        capture_output=True,
-        text=True,
-        timeout=20,
-        env=env,
-        check=True,
-    )
+    helptext = pidone_cli("--help")
+    assert helptext.returncode == 0
     assert "PIDONE_GRACE" in helptext.stdout
     assert "--signal-to" in helptext.stdout

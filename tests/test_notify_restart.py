@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import shutil
@@ -265,7 +266,15 @@ def test_a_probe_slower_than_its_period_does_not_make_pidone_spin(run):
     )
     p.ready()
     proc = psutil.Process(p.pid)
-    time.sleep(0.3)  # the first run has started and is still going
+
+    def probe_running() -> bool:
+        for child in p.descendants():
+            with contextlib.suppress(psutil.Error):
+                if "sleep" in child.cmdline():
+                    return True
+        return False
+
+    wait_until(probe_running)  # the first run has started and is still going
     before = proc.cpu_times()
     time.sleep(1.0)  # measuring CPU use over a window, not synchronising
     after = proc.cpu_times()

@@ -89,16 +89,22 @@ def _platform_problem() -> str | None:
     return None
 
 
+# Tools the tests run -> the Debian package that brings each. systemd-notify is the
+# real sd_notify client of tests/test_notify_restart.py, installed here with the rest.
+TOOLS = {"podman": "podman", "runc": "runc", "systemd-notify": "systemd"}
+
+
 def _ensure_tools() -> str | None:
-    """Install podman + runc with apt-get when they are missing; the problem, if any."""
-    if shutil.which("podman") and shutil.which("runc"):
+    """Install the missing tools with apt-get; the problem, if any."""
+    packages = sorted({pkg for tool, pkg in TOOLS.items() if not shutil.which(tool)})
+    if not packages:
         return None
     if not shutil.which("apt-get"):
-        return "podman/runc are not installed and apt-get is not available to install them"
-    print("\n[e2e] podman/runc missing; installing them with apt-get", file=sys.stderr)
+        return f"{', '.join(packages)} not installed and apt-get is not available to install them"
+    print(f"\n[e2e] installing {' '.join(packages)} with apt-get", file=sys.stderr)
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     try:
-        for argv in (["apt-get", "update"], ["apt-get", "install", "-y", "podman", "runc"]):
+        for argv in (["apt-get", "update"], ["apt-get", "install", "-y", *packages]):
             proc = subprocess.run(
                 argv, capture_output=True, text=True, timeout=900, check=False, env=env
             )
