@@ -1,4 +1,4 @@
-"""The entry point: command line -> Config -> start the app -> supervise -> exit code.
+"""The entry point: command line -> Config -> boot (start the app) -> supervise -> exit code.
 
 Everything before the app is started is on its critical path, so this
 module imports only what that needs; the event loop, structlog and psutil
@@ -11,11 +11,15 @@ import contextlib
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, NamedTuple, NoReturn
 
 from pidone import cgroup, signals, spawn
 from pidone.config import Config
 from pidone.options import fast_parse, wants_check
+
+if TYPE_CHECKING:
+    from pidone.notify import NotifySocket
+    from pidone.status import StatusServer
 
 PR_SET_CHILD_SUBREAPER = 36
 
@@ -54,8 +58,21 @@ def foreground_tty() -> int | None:
     return None
 
 
-def run(config: Config) -> int:
-    """Start the app as early as possible, then hand it to the event loop."""
+class Started(NamedTuple):
+    """Everything set up before the loop exists, handed to it whole."""
+
+    config: Config
+    wake_fd: int  # the signal pipe (see pidone.signals)
+    app: int | spawn.SpawnError | None  # its pid; why it could not start; None: inits first
+    foreground: bool  # the app's group owns the terminal
+    status: StatusServer | None
+    notify: NotifySocket | None
+    app_env: dict[str, str] | None  # the app's environment, when pidone adds to it
+    oom_before: int | None  # the OOM-kill count before the app existed
+
+
+def boot(config: Config) -> Started:
+    """Start the app as early as possible; everything else it needs first."""
     if os.getpid() != 1:
         become_subreaper()
     _open_standard_fds()
@@ -64,27 +81,16 @@ def run(config: Config) -> int:
     wake_fd = signals.install()  # before the app exists: no signal may be lost
     oom_before = cgroup.oom_kills()  # the app could be OOM-killed within milliseconds
     tty = foreground_tty()
-    app: int | spawn.SpawnError | None = None  # None: the loop runs the init commands first
+    app: int | spawn.SpawnError | None = None
     if not config.inits:
         try:
             app = spawn.spawn(config.argv, tty_fd=tty, env=env)
         except spawn.SpawnError as exc:
             app = exc
-    from pidone import loop
-
-    return loop.supervise(
-        config,
-        wake_fd,
-        app,
-        foreground=tty is not None,
-        status=status,
-        notify=notify,
-        app_env=env,
-        oom_before=oom_before,
-    )
+    return Started(config, wake_fd, app, tty is not None, status, notify, env, oom_before)
 
 
-def _notify_socket(config: Config) -> tuple[Any, dict[str, str]]:
+def _notify_socket(config: Config) -> tuple[NotifySocket, dict[str, str]]:
     """The sd_notify socket and the app's environment that points at it."""
     from pidone.notify import NotifySocket
 
@@ -99,7 +105,7 @@ def _notify_socket(config: Config) -> tuple[Any, dict[str, str]]:
     return sock, env
 
 
-def _status_server(addr: tuple[str, int]) -> Any:
+def _status_server(addr: tuple[str, int]) -> StatusServer:
     """Bind the status port before anything starts: a port in use is a usage error."""
     from pidone import status
 
@@ -127,7 +133,10 @@ def main(args: Sequence[str] | None = None) -> NoReturn:
         if isinstance(parsed, int):
             sys.exit(parsed)
         config = parsed
-    code = run(config)
+    started = boot(config)
+    from pidone import supervisor  # the app runs: now the rest may load
+
+    code = supervisor.supervise(started)
     with contextlib.suppress(OSError, ValueError):
         sys.stdout.flush()
     # os._exit: no interpreter teardown to wait on (a drain thread may still

@@ -428,12 +428,12 @@ def test_app_forking_short_lived_children_while_ignoring_term_is_killed_on_time(
 
 INJECT = """
 import sys
-import pidone.loop
+import pidone.supervisor
 
 def boom(self, signum):
     raise RuntimeError("injected fault")
 
-pidone.loop.Supervisor._on_shutdown_signal = boom
+pidone.supervisor.Supervisor.on_shutdown_signal = boom
 try:
     from pidone.main import main
 except ImportError:
