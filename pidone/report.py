@@ -19,11 +19,16 @@ The reason and the exit code are decisions, made by
 from __future__ import annotations
 
 import os
+import time
 from typing import TYPE_CHECKING
 
 from pidone.config import signal_name
+from pidone.lifecycle import Phase
 
 if TYPE_CHECKING:
+    from structlog.typing import FilteringBoundLogger
+
+    from pidone import status
     from pidone.lifecycle import Life
     from pidone.run import Run
 
@@ -117,6 +122,53 @@ def termination_message(life: Life, run: Run, now: float, exit_code: int) -> str
     if len(data) > TERMINATION_LOG_LIMIT:
         data = data[: TERMINATION_LOG_LIMIT - 4] + b"...\n"
     return data.decode("utf-8", "ignore")
+
+
+def conclude(life: Life, run: Run, now: float, code: int, log: FilteringBoundLogger) -> None:
+    """The end: the termination log, the console timeline, the ``terminated`` line last."""
+    from pidone.log import use_console
+
+    out = fields(life, run, now, code)
+    path = life.config.termination_log or default_termination_log()
+    if path:
+        error = write_termination_log(path, termination_message(life, run, now, code))
+        if error:
+            log.warning("termination_log_failed", path=path, error=error)
+    if use_console(life.config.log_format):
+        for line in timeline(life, run, now):
+            log.info(line)
+    if life.backoff.total:
+        out["restarts"] = life.backoff.total
+    log.info("terminated", **out)
+
+
+def snapshot(life: Life, run: Run, last_exit: dict[str, object] | None) -> status.Snapshot:
+    """What the status endpoint reports, read at the moment of each request."""
+    from pidone import status as status_mod
+
+    pod = run.pod
+    running = life.stage == "app" and pod is not None and not life.shutdown.app_exited
+    live = running and pod is not None and pod.live
+    ready = live and pod is not None and life.shutdown.phase is Phase.RUNNING and pod.ready
+    now = time.monotonic()
+    started_at = run.started_at if run.kind == "app" else None
+    status: dict[str, object] = {
+        "stage": "app" if life.stage in ("backoff", "done") else life.stage,
+        "phase": life.shutdown.phase.value,
+        "app_pid": run.pid if running else None,
+        "uptime_s": round(now - started_at, 3) if started_at else 0.0,
+        "live": live,
+        "ready": ready,
+        "restarts": life.backoff.total,
+        "last_exit": last_exit,
+        **(pod.status() if pod is not None else {}),
+    }
+    if life.shutdown.started_at is not None:
+        status["shutdown"] = {
+            "cause": life.shutdown.cause,
+            "elapsed_s": round(life.shutdown.elapsed(now), 3),
+        }
+    return status_mod.Snapshot(live, ready, status)
 
 
 def default_termination_log() -> str | None:

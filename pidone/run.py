@@ -15,14 +15,22 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Literal
 
+from pidone import spawn
+from pidone.config import signal_name
 from pidone.hooks import DrainOutcome, Result, Runner
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from structlog.typing import FilteringBoundLogger
+
     from pidone.config import Config
+    from pidone.lifecycle import Shutdown
     from pidone.pod import Pod
     from pidone.tree import ProcessInfo
+
+# How many killed processes are logged one by one; the rest as a count.
+KILLED_LOGGED = 50
 
 RunKind = Literal["init", "app"]
 DrainResult = Literal["ok", "failed", "timed_out", "cancelled"]
@@ -55,6 +63,23 @@ class Run:
         """Each post-start hook's outcome, so far."""
         return self.pod.hooks if self.pod is not None else []
 
+    def start(
+        self,
+        preset: int | spawn.SpawnError | None,
+        env: dict[str, str] | None,
+        tty: int | None,
+        now: float,
+    ) -> spawn.SpawnError | None:
+        """Start the process, or adopt the one boot started; the error if it cannot run."""
+        try:
+            if isinstance(preset, spawn.SpawnError):
+                raise preset
+            self.pid = preset if preset is not None else spawn.spawn(self.argv, tty_fd=tty, env=env)
+        except spawn.SpawnError as exc:
+            return exc
+        self.started_at = now
+        return None
+
     def signal(self, signum: int) -> bool:
         """Signal the process, or its group with --signal-to group; False if it is gone."""
         if self.pid is None or self.exited:
@@ -72,6 +97,43 @@ class Run:
         """The stop began: no more hooks, probes or watchdog for this run."""
         if self.pod is not None:
             self.pod.stop()
+
+    def signal_rest(self, signum: int, log: FilteringBoundLogger) -> None:
+        """The process is gone: what it left behind gets ``signum`` once."""
+        if not spawn.has_children():
+            return  # the common case: it left nothing behind
+        from pidone import tree
+
+        rest = tree.descendants()
+        if rest:
+            log.info(
+                "leftovers_signalled",
+                signal=signal_name(signum),
+                count=len(rest),
+                pids=rest[:KILLED_LOGGED],
+            )
+            tree.signal_rest(signum)
+
+    def kill_all(self, shutdown: Shutdown, now: float, log: FilteringBoundLogger) -> int:
+        """The deadline: SIGKILL everything left; how many processes that was."""
+        from pidone import tree
+
+        alive = tree.lingering()
+        self.killed = alive
+        for info in alive[:KILLED_LOGGED]:
+            log.warning(
+                "process_killed", pid=info.pid, cmdline=info.cmdline[:500], age_s=info.age_s
+            )
+        if len(alive) > KILLED_LOGGED:
+            log.warning("process_killed_more", count=len(alive) - KILLED_LOGGED)
+        log.warning(
+            "escalated",
+            count=len(alive),
+            forced=shutdown.forced,
+            elapsed_s=round(shutdown.elapsed(now), 3),
+        )
+        tree.kill_all()
+        return len(alive)
 
     # -- drains ---------------------------------------------------------------
 

@@ -36,7 +36,7 @@ from pidone.lifecycle import (
 from pidone.run import Run
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
+    from collections.abc import Iterable
 
     from structlog.typing import FilteringBoundLogger
 
@@ -213,25 +213,18 @@ class Supervisor:
         self.act(self.life.on_exit(now, ex.code, ex.signal), now)
 
     def _start(self, run: Run, now: float) -> None:
-        """Start the run's process (the app may already run: boot started it)."""
+        """Start the run's process (boot may have started the app already)."""
         self.run = run
         if run.kind == "init":
             index = self.life.init_index
             self.log.info("init_started", index=index, command=self.config.inits[index].describe())
         preset, self.started = self.started.app, self.started._replace(app=None)
-        try:
-            if run.kind == "app" and isinstance(preset, spawn.SpawnError):
-                raise preset
-            if run.kind == "app" and isinstance(preset, int):
-                run.pid = preset
-            else:
-                env = self.started.app_env if run.kind == "app" else None
-                tty = 0 if self.started.foreground else None
-                run.pid = spawn.spawn(run.argv, tty_fd=tty, env=env)
-        except spawn.SpawnError as exc:
-            self._cannot_start(exc, now)
+        env = self.started.app_env if run.kind == "app" else None
+        tty = 0 if self.started.foreground else None
+        error = run.start(preset if run.kind == "app" else None, env, tty, now)
+        if error is not None:
+            self._cannot_start(error, now)
             return
-        run.started_at = now
         self.life.on_started(now)
         if run.kind == "app":
             self._app_running(now)
@@ -284,31 +277,9 @@ class Supervisor:
 
     def snapshot(self) -> Snapshot:
         """What the status endpoint reports, read at the moment of each request."""
-        from pidone.status import Snapshot
+        from pidone import report
 
-        life, pod = self.life, self.run.pod
-        running = life.stage == "app" and pod is not None and not life.shutdown.app_exited
-        live = running and pod is not None and pod.live
-        ready = live and pod is not None and life.shutdown.phase is Phase.RUNNING and pod.ready
-        now = time.monotonic()
-        started_at = self.run.started_at if self.run.kind == "app" else None
-        status: dict[str, object] = {
-            "stage": "app" if life.stage in ("backoff", "done") else life.stage,
-            "phase": life.shutdown.phase.value,
-            "app_pid": self.run.pid if running else None,
-            "uptime_s": round(now - started_at, 3) if started_at else 0.0,
-            "live": live,
-            "ready": ready,
-            "restarts": life.backoff.total,
-            "last_exit": self.last_exit,
-            **(pod.status() if pod is not None else {}),
-        }
-        if life.shutdown.started_at is not None:
-            status["shutdown"] = {
-                "cause": life.shutdown.cause,
-                "elapsed_s": round(life.shutdown.elapsed(now), 3),
-            }
-        return Snapshot(live, ready, status)
+        return report.snapshot(self.life, self.run, self.last_exit)
 
     # -- actions ----------------------------------------------------------------------
 
@@ -349,9 +320,12 @@ class Supervisor:
             # deadline; SIGCONT lets it stop gracefully, as systemd does.
             self.run.signal(signal.SIGCONT)
         elif isinstance(action, SignalRest):
-            self._signal_rest(action.signum)
+            self.run.signal_rest(action.signum, self.log)
+            self.loop.later(self.reap)  # exits before the signal left no SIGCHLD to wait for
         elif isinstance(action, KillAll):
-            self._kill_all(now)
+            self.runner.cancel_all("killed at the deadline")
+            self.life.on_killed(self.run.kill_all(self.life.shutdown, now, self.log))
+            self.loop.later(self.reap)
         elif isinstance(action, Finish):
             self._run_over(now)
         elif isinstance(action, RestartLater):
@@ -382,44 +356,6 @@ class Supervisor:
         log("drain_finished" if record.outcome == "ok" else "drain_failed", **record.as_dict())
         if run is self.run:
             self.act(self.life.on_drain_done(now, index), now)
-
-    def _signal_rest(self, signum: int) -> None:
-        if spawn.has_children():
-            from pidone import tree
-
-            rest = tree.descendants()
-            if rest:
-                self.log.info(
-                    "leftovers_signalled",
-                    signal=signal_name(signum),
-                    count=len(rest),
-                    pids=rest[:50],
-                )
-                tree.signal_rest(signum)
-        # Exits that happened before the signal left no SIGCHLD to wait for.
-        self.loop.later(self.reap)
-
-    def _kill_all(self, now: float) -> None:
-        from pidone import tree
-
-        alive = tree.lingering()
-        self.run.killed = alive
-        self.life.on_killed(len(alive))
-        for info in alive[:50]:
-            self.log.warning(
-                "process_killed", pid=info.pid, cmdline=info.cmdline[:500], age_s=info.age_s
-            )
-        if len(alive) > 50:
-            self.log.warning("process_killed_more", count=len(alive) - 50)
-        self.log.warning(
-            "escalated",
-            count=len(alive),
-            forced=self.life.shutdown.forced,
-            elapsed_s=round(self.life.shutdown.elapsed(now), 3),
-        )
-        self.runner.cancel_all("killed at the deadline")
-        tree.kill_all()
-        self.loop.later(self.reap)
 
     # -- the end of a run -----------------------------------------------------------------
 
@@ -455,30 +391,12 @@ class Supervisor:
             self.life.outcome.oom = True
         return oom
 
-    def conclude(self, on_terminated: Callable[[dict[str, object]], None] | None = None) -> int:
-        """The final report: termination log, console timeline, the ``terminated`` line."""
+    def conclude(self) -> int:
+        """The final report; the exit code."""
         from pidone import report
-        from pidone.log import use_console
 
-        now = time.monotonic()
-        life, run = self.life, self.run
-        code = life.exit_code()
-        fields = report.fields(life, run, now, code)
-        path = self.config.termination_log or report.default_termination_log()
-        if path:
-            error = report.write_termination_log(
-                path, report.termination_message(life, run, now, code)
-            )
-            if error:
-                self.log.warning("termination_log_failed", path=path, error=error)
-        if use_console(self.config.log_format):
-            for line in report.timeline(life, run, now):
-                self.log.info(line)
-        if life.backoff.total:
-            fields["restarts"] = life.backoff.total
-        if on_terminated is not None:
-            on_terminated(fields)
-        self.log.info("terminated", **fields)
+        code = self.life.exit_code()
+        report.conclude(self.life, self.run, time.monotonic(), code, self.log)
         return code
 
 
