@@ -40,10 +40,10 @@ if TYPE_CHECKING:
 
     from structlog.typing import FilteringBoundLogger
 
+    from pidone.boot import Started
     from pidone.config import Check
     from pidone.hooks import OnDone
     from pidone.loop import Loop, Timed
-    from pidone.main import Started
     from pidone.status import Snapshot
 
 
