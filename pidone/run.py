@@ -55,6 +55,7 @@ class Run:
         self.drains: list[DrainOutcome] = []  # finished drains, in order
         self._drain_tokens: dict[int, int] = {}  # drain index -> the runner's token
         self._drain_started: dict[int, float] = {}
+        self._drain_cancelled: dict[int, DrainResult] = {}  # why pidone cancelled it
         self.killed: list[ProcessInfo] = []  # SIGKILLed at the deadline
         self.failure_detail: dict[str, str] | None = None  # the failing hook's or probe's words
 
@@ -147,6 +148,7 @@ class Run:
     def cancel_drain(self, runner: Runner, index: int, *, moot: bool) -> None:
         token = self._drain_tokens.get(index)
         if token is not None:
+            self._drain_cancelled[index] = "cancelled" if moot else "timed_out"
             runner.cancel(token, DRAIN_MOOT if moot else DRAIN_TIMED_OUT)
 
     def drain_done(self, index: int, result: Result, shutdown_at: float | None) -> DrainOutcome:
@@ -154,10 +156,7 @@ class Run:
         self._drain_tokens.pop(index, None)
         started = self._drain_started.pop(index)
         outcome: DrainResult = "ok" if result.ok else "failed"
-        if result.detail == DRAIN_TIMED_OUT:
-            outcome = "timed_out"
-        elif result.detail == DRAIN_MOOT:
-            outcome = "cancelled"
+        outcome = self._drain_cancelled.pop(index, outcome)
         record = DrainOutcome(
             self.config.drains[index].describe(),
             outcome,
