@@ -15,7 +15,7 @@ from typing import Any, NoReturn
 
 from pidone import cgroup, signals, spawn
 from pidone.config import Config
-from pidone.options import fast_parse, wants_check
+from pidone.settings import resolve, wants_check
 
 PR_SET_CHILD_SUBREAPER = 36
 
@@ -119,11 +119,11 @@ def main(args: Sequence[str] | None = None) -> NoReturn:
         from pidone import check
 
         sys.exit(check.run(argv, os.environ))
-    config = fast_parse(argv, os.environ)
-    if config is None:
+    config = resolve(argv, os.environ).startable()
+    if config is None:  # help, version or a mistake: click's to word
         from pidone import cli
 
-        parsed = cli.parse(argv)
+        parsed = cli.parse(argv, os.environ)
         if isinstance(parsed, int):
             sys.exit(parsed)
         config = parsed

@@ -12,7 +12,8 @@ from harness import CLEAN_ENV, pidone_cli
 from pidone import check, cli
 from pidone.config import Config, ExecDrain, HttpDrain
 from pidone.lifecycle import Phase, RunDrain, Shutdown, SignalApp
-from pidone.options import CONFIG_ENVVAR, wants_check
+from pidone.options import CONFIG_ENVVAR
+from pidone.settings import resolve, wants_check
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -258,7 +259,7 @@ def test_check_config_equals_the_real_parse(tmp_path: Path):
     path = tmp_path / "p.toml"
     path.write_text("grace = 5\ndrain = ['a', 'b']\nremap-exit = '3:0'\n")
     args = ["--config", str(path), "--stop-signal", "USR1", "--", "app", "x"]
-    resolved = check.resolve(["--check", *args], {"PIDONE_PRE_STOP_DELAY": "1"})
+    resolved = resolve(["--check", *args], {"PIDONE_PRE_STOP_DELAY": "1"})
     assert resolved.errors == []
     with pytest.MonkeyPatch.context() as m:
         m.setenv("PIDONE_PRE_STOP_DELAY", "1")

@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 
 from pidone import cli, configfile
 from pidone.config import Config, ExecDrain, HttpDrain, Probe, TcpCheck
-from pidone.options import CONFIG_ENVVAR, OPTIONS, fast_parse
+from pidone.options import CONFIG_ENVVAR, OPTIONS
+from pidone.settings import fast_parse
 
 pytestmark = pytest.mark.timeout(120)
 

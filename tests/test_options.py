@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 from pidone import cli
 from pidone.config import Config, ExecDrain, HttpDrain
-from pidone.options import CONFIG_ENVVAR, OPTIONS, fast_parse
+from pidone.options import CONFIG_ENVVAR, OPTIONS
+from pidone.settings import fast_parse
 
 NAMES = [f"--{opt.name}" for opt in OPTIONS]
 VALUES = [
