@@ -265,3 +265,16 @@ def test_check_config_equals_the_real_parse(tmp_path: Path):
         m.setenv("PIDONE_PRE_STOP_DELAY", "1")
         m.delenv(CONFIG_ENVVAR, raising=False)
         assert resolved.config == cli.parse(args)
+
+
+def test_an_empty_variable_counts_as_not_set_and_check_warns(tmp_path):
+    """PIDONE_GRACE= : the default applies (README), and --check says so."""
+    env = {"PIDONE_GRACE": "", "PIDONE_DRAIN": ""}
+    assert resolve(["app"], env).config == Config(argv=("app",))
+    assert cli.parse(["app"], env) == Config(argv=("app",))
+    out = io.StringIO()
+    assert check.run(["--check", "app"], env, out) == 0
+    text = out.getvalue()
+    assert rows(text)["grace"] == ["8s", "default"]
+    assert "PIDONE_GRACE is set but empty: taken as not set" in text
+    assert "PIDONE_DRAIN is set but empty: taken as not set" in text
