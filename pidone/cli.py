@@ -21,7 +21,7 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import cast
 
 import click
 
@@ -58,7 +58,9 @@ class _Parsed(click.ParamType):  # type: ignore[type-arg]  # generic only in cli
         self.name = option.metavar
         self._parse = option.parse
 
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> object:
         if not isinstance(value, str):
             return value
         try:
@@ -67,7 +69,11 @@ class _Parsed(click.ParamType):  # type: ignore[type-arg]  # generic only in cli
             self.fail(str(exc), param, ctx)
 
 
-def _click_option(option: Option) -> Callable[[Any], Any]:
+# What click's decorators wrap: the command function, then the command.
+_Decorated = Callable[..., object]
+
+
+def _click_option(option: Option) -> Callable[[_Decorated], _Decorated]:
     if option.flag:
         return click.option(
             f"--{option.name}",
@@ -92,7 +98,9 @@ def _click_option(option: Option) -> Callable[[Any], Any]:
     )
 
 
-def _flag_value(option: Option, ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+def _flag_value(
+    option: Option, ctx: click.Context, param: click.Parameter, value: str | None
+) -> object:
     """A flag: present on the command line, else the environment, the file, the default.
 
     click reads a flag's environment variable leniently (any unknown word is
@@ -104,7 +112,7 @@ def _flag_value(option: Option, ctx: click.Context, param: click.Parameter, valu
     if source is not click.core.ParameterSource.COMMANDLINE and environ.get(option.envvar):
         text = environ[option.envvar]
     if text is None:
-        text = option.default
+        text = option.default or "false"  # a flag's default is always given; off if not
     try:
         return option.parse(text)
     except ValueError as exc:
@@ -122,14 +130,14 @@ def _load_config(ctx: click.Context, _param: click.Parameter, path: str | None) 
         raise click.UsageError(str(exc), ctx) from None
 
 
-def _command(ctx: click.Context, /, **values: Any) -> Config:
+def _command(ctx: click.Context, /, **values: object) -> Config:
     """Run COMMAND as the app of a container, as its PID 1.
 
     Forwards signals, reaps zombies, passes out the app's exit code (128+N for
     signal N, 127 not found, 126 not executable), and on the shutdown signal
     runs a graceful, bounded stop.
     """
-    argv = values.pop("command")
+    argv = cast("tuple[str, ...]", values.pop("command"))  # nargs=-1: a tuple of texts
     values.pop("check")  # parse() hands --check to pidone.check before click sees it
     if not argv:
         click.echo(ctx.get_usage(), err=True)
@@ -142,7 +150,7 @@ def _command(ctx: click.Context, /, **values: Any) -> Config:
 
 
 def _build() -> click.Command:
-    func: Any = click.pass_context(_command)
+    func: _Decorated = click.pass_context(_command)
     func = click.argument(
         "command", nargs=-1, type=click.UNPROCESSED, metavar="[--] COMMAND [ARG]..."
     )(func)

@@ -40,7 +40,10 @@ from pidone.config import (
     DrainStep,
     ExecDrain,
     LogFormat,
+    LogLevel,
     Probe,
+    ProbeKind,
+    RestartPolicy,
     SignalTarget,
 )
 from pidone.options import BY_NAME, CONFIG_ENVVAR, OPTIONS, Option, split_env
@@ -264,7 +267,7 @@ def build_config(values: Mapping[str, object], argv: Sequence[str]) -> Config:
     return Config(
         argv=tuple(argv),
         log_format=cast("LogFormat", values["log_format"]),
-        log_level=cast("str", values["log_level"]),
+        log_level=cast("LogLevel", values["log_level"]),
         signal_to=cast("SignalTarget", values["signal_to"]),
         remap_exit=cast("tuple[tuple[int, int], ...]", tuple(_many(values, "remap_exit"))),
         shutdown_signals=frozenset(shutdown_signals or (signal.SIGTERM,)),
@@ -287,7 +290,7 @@ def build_config(values: Mapping[str, object], argv: Sequence[str]) -> Config:
         status_addr=cast("tuple[str, int] | None", values["status_addr"]),
         notify=cast("bool", values["notify"]),
         watchdog=cast("float | None", values["watchdog"]),
-        restart=cast("str", values["restart"]),
+        restart=cast("RestartPolicy", values["restart"]),
         restart_delay=cast("float", values["restart_delay"]),
         restart_delay_max=cast("float", values["restart_delay_max"]),
         restart_reset=cast("float", values["restart_reset"]),
@@ -298,7 +301,7 @@ def _many(values: Mapping[str, object], key: str) -> tuple[object, ...]:
     return cast("tuple[object, ...]", values[key])
 
 
-def _probe(values: Mapping[str, object], kind: str) -> Probe:
+def _probe(values: Mapping[str, object], kind: ProbeKind) -> Probe:
     return Probe(
         kind,
         cast("Check", values[f"{kind}_probe"]),
