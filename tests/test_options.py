@@ -293,3 +293,58 @@ def test_click_reads_the_environment_it_is_given(monkeypatch):
     monkeypatch.delenv(CONFIG_ENVVAR, raising=False)
     assert cli.parse(["app"], {"PIDONE_GRACE": "5"}) == Config(argv=("app",), grace=5.0)
     assert fast_parse(["app"], {"PIDONE_GRACE": "5"}) == Config(argv=("app",), grace=5.0)
+
+
+SETTINGS_MODULES = ("options", "settings", "configfile", "cli", "check", "config")
+
+
+def test_the_settings_modules_import_each_other_without_a_cycle():
+    """The table, the resolver, the file reader, click and --check form no import cycle."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent / "pidone"
+    edges: dict[str, set[str]] = {}
+    for name in SETTINGS_MODULES:
+        tree = ast.parse((root / f"{name}.py").read_text())
+        found: set[str] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module == "pidone":
+                found |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("pidone."):
+                found.add((node.module or "").removeprefix("pidone."))
+        edges[name] = found & set(SETTINGS_MODULES)
+    done: set[str] = set()
+
+    def visit(name: str, path: tuple[str, ...]) -> None:
+        assert name not in path, " -> ".join((*path, name))
+        if name not in done:
+            for target in edges[name]:
+                visit(target, (*path, name))
+            done.add(name)
+
+    for name in SETTINGS_MODULES:
+        visit(name, ())
+    assert "cli" not in edges["settings"]  # click stays off the everyday path
+
+
+def test_the_everyday_start_never_imports_click(tmp_path):
+    """click costs ~20 ms before the app starts: only help and errors may load it."""
+    import subprocess
+    import sys
+
+    from harness import CLEAN_ENV
+
+    path = tmp_path / "pidone.toml"
+    path.write_text("grace = 3\n[probes.liveness]\ntarget = 'tcp://127.0.0.1:1'\n")
+    code = (
+        "import sys; from pidone import main; from pidone.settings import resolve; "
+        f"config = resolve(['--config', {str(path)!r}, '--drain', 'true', 'app'], "
+        "{'PIDONE_STOP_SIGNAL': 'USR1'}).startable(); "
+        "assert config is not None and config.grace == 3; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'click'))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=CLEAN_ENV, check=True
+    )
+    assert done.stdout == "[]\n"
