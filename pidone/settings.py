@@ -102,7 +102,7 @@ class Settings(NamedTuple):
         return self.config
 
 
-Pair = tuple[str, "str | None"]  # an option as written, and its value (None: none given)
+Pair = tuple[str, str | None]  # an option as written, and its value (None: none given)
 
 
 def split(args: Sequence[str]) -> tuple[list[Pair], list[str]]:
