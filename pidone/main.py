@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from pidone.boot import boot
-from pidone.options import fast_parse, wants_check
+from pidone.settings import resolve, wants_check
 
 
 def main(args: Sequence[str] | None = None) -> NoReturn:
@@ -22,11 +22,11 @@ def main(args: Sequence[str] | None = None) -> NoReturn:
         from pidone import check
 
         sys.exit(check.run(argv, os.environ))
-    config = fast_parse(argv, os.environ)
-    if config is None:
+    config = resolve(argv, os.environ).startable()
+    if config is None:  # help, version or a mistake: click's to word
         from pidone import cli
 
-        parsed = cli.parse(argv)
+        parsed = cli.parse(argv, os.environ)
         if isinstance(parsed, int):
             sys.exit(parsed)
         config = parsed
