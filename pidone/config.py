@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Literal, NamedTuple
 
 LogFormat = Literal["auto", "json", "console"]
@@ -77,6 +77,62 @@ class Probe(NamedTuple):
     success_threshold: int = 1
 
 
+class Sidecar(NamedTuple):
+    """A process started before the app and stopped after it (a Kubernetes native sidecar)."""
+
+    name: str
+    argv: tuple[str, ...]
+    ready: Check | None = None  # checked until it passes before the next process starts
+
+
+SIDECAR_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
+
+
+def _sidecar_name(text: str, what: str) -> tuple[str, str]:
+    name, sep, rest = text.partition("=")
+    name = name.strip()
+    if not sep or not rest.strip():
+        raise ValueError(f"{text!r} is not NAME={what}")
+    if not 0 < len(name) <= 63 or not set(name) <= SIDECAR_NAME_CHARS:
+        raise ValueError(f"{text!r}: the name {name!r} is not [a-z0-9-]+ (at most 63)")
+    return name, rest
+
+
+def parse_sidecar(text: str) -> tuple[str, ExecDrain]:
+    """``NAME=COMMAND``: the command split like a shell, run without one."""
+    name, command = _sidecar_name(text, "COMMAND")
+    try:
+        return name, parse_exec_drain(command)
+    except ValueError as exc:
+        raise ValueError(f"{text!r}: {exc}") from None
+
+
+def parse_sidecar_ready(text: str) -> tuple[str, Check]:
+    """``NAME=TARGET`` with a probe target: http(s)://, tcp://, exec:."""
+    name, target = _sidecar_name(text, "TARGET")
+    try:
+        return name, parse_probe_target(target)
+    except ValueError as exc:
+        raise ValueError(f"{text!r}: {exc}") from None
+
+
+def build_sidecars(
+    commands: Sequence[tuple[str, ExecDrain]], ready: Sequence[tuple[str, Check]]
+) -> tuple[Sidecar, ...]:
+    """Sidecars in their start order; a name must be unique and ready checks name one."""
+    names = [name for name, _ in commands]
+    for name in names:
+        if names.count(name) > 1:
+            raise ValueError(f"--sidecar: the name {name!r} is used twice")
+    checks = dict(ready)
+    for name, _ in ready:
+        if name not in names:
+            raise ValueError(f"--sidecar-ready: no sidecar is named {name!r}")
+        if [n for n, _ in ready].count(name) > 1:
+            raise ValueError(f"--sidecar-ready: {name!r} has two ready checks")
+    return tuple(Sidecar(name, step.argv, checks.get(name)) for name, step in commands)
+
+
 class Config(NamedTuple):
     argv: tuple[str, ...]
     log_format: LogFormat = "auto"
@@ -100,6 +156,8 @@ class Config(NamedTuple):
     restart_delay: float = 10.0
     restart_delay_max: float = 300.0
     restart_reset: float = 600.0
+    sidecars: tuple[Sidecar, ...] = ()
+    sidecar_ready_timeout: float = 60.0
 
     def remap(self, code: int) -> int:
         for src, dst in self.remap_exit:

@@ -28,6 +28,8 @@ from pidone.config import (
     parse_probe_target,
     parse_remap,
     parse_shutdown_signal,
+    parse_sidecar,
+    parse_sidecar_ready,
     parse_signal,
     parse_status_addr,
 )
@@ -46,6 +48,8 @@ Kind = Literal[
     "probe",  # http(s)://, tcp:// or exec:
     "address",  # HOST:PORT
     "flag",  # no value on the command line; true/false elsewhere
+    "sidecar",  # NAME=COMMAND
+    "sidecar-ready",  # NAME=TARGET, a probe target
 ]
 # Kinds a config file may give as TOML numbers (all others take strings).
 NUMERIC_KINDS: frozenset[Kind] = frozenset(
@@ -64,6 +68,8 @@ _PARSERS: dict[Kind, Callable[[str], object]] = {
     "probe": parse_probe_target,
     "address": parse_status_addr,
     "flag": parse_bool,
+    "sidecar": parse_sidecar,
+    "sidecar-ready": parse_sidecar_ready,
 }
 
 
@@ -280,6 +286,29 @@ OPTIONS: tuple[Option, ...] = (
         "address",
         "HOST:PORT",
         "Serve /livez, /readyz and /status here (off by default).",
+    ),
+    Option(
+        "sidecar",
+        "sidecar",
+        "NAME=COMMAND",
+        "A process started before the app, in order, and stopped after it, in reverse "
+        "order (repeatable; NAME is [a-z0-9-]+). Restarted with backoff if it exits.",
+        multiple=True,
+    ),
+    Option(
+        "sidecar-ready",
+        "sidecar-ready",
+        "NAME=TARGET",
+        "The sidecar is ready once this passes: http(s)://, tcp:// or exec: as for "
+        "probes. The next process starts only then (repeatable).",
+        multiple=True,
+    ),
+    Option(
+        "sidecar-ready-timeout",
+        "interval",
+        "SECONDS",
+        "A sidecar not running and ready this long after its start fails the start.",
+        "60",
     ),
 )
 BY_NAME = {opt.name: opt for opt in OPTIONS}

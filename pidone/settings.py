@@ -45,6 +45,7 @@ from pidone.config import (
     ProbeKind,
     RestartPolicy,
     SignalTarget,
+    build_sidecars,
 )
 from pidone.options import BY_NAME, CONFIG_ENVVAR, OPTIONS, Option, split_env
 
@@ -294,6 +295,11 @@ def build_config(values: Mapping[str, object], argv: Sequence[str]) -> Config:
         restart_delay=cast("float", values["restart_delay"]),
         restart_delay_max=cast("float", values["restart_delay_max"]),
         restart_reset=cast("float", values["restart_reset"]),
+        sidecars=build_sidecars(
+            cast("tuple[tuple[str, ExecDrain], ...]", _many(values, "sidecar")),
+            cast("tuple[tuple[str, Check], ...]", _many(values, "sidecar_ready")),
+        ),
+        sidecar_ready_timeout=cast("float", values["sidecar_ready_timeout"]),
     )
 
 

@@ -37,6 +37,8 @@ GOOD: dict[Kind, list[str]] = {
     "probe": ["tcp://127.0.0.1:8080", "exec:true", "http://h/healthz", "https://[::1]:8443/"],
     "address": ["127.0.0.1:8081", "[::1]:9000", "localhost:1", "0.0.0.0:65535"],
     "flag": ["true"],
+    "sidecar": ["a=sleep 9", "b=true", "c-1='x y'"],
+    "sidecar-ready": ["a=tcp://127.0.0.1:80", "b=exec:true", "c-1=http://h/ready"],
 }
 # Texts each kind refuses (the resolver steps aside; click must refuse them too).
 BAD: dict[Kind, list[str]] = {
@@ -53,6 +55,8 @@ BAD: dict[Kind, list[str]] = {
     "address": ["h", "h:0", ":80"],
     "flag": ["maybe"],
     "choice": ["bogus", ""],
+    "sidecar": ["A=x", "a", "a=", "a b=x", "=x"],
+    "sidecar-ready": ["Nope=tcp://h:1", "a=udp://h:1", "a"],
 }
 ENV_FLAG = ["true", "false", "1", "0", "yes", "off", "ON"]
 
@@ -86,7 +90,9 @@ def placed(draw: st.DrawFn, opt: Option, bad: bool) -> Where:
     if opt.flag and not bad:
         pool = ENV_FLAG
     count = draw(st.integers(1, 3)) if opt.multiple else 1
-    texts = draw(st.lists(st.sampled_from(pool), min_size=count, max_size=count))
+    # A sidecar's name is given once (a rule between values, not of one value).
+    unique = opt.kind in ("sidecar", "sidecar-ready") and not bad
+    texts = draw(st.lists(st.sampled_from(pool), min_size=count, max_size=count, unique=unique))
     return where, opt, texts
 
 
@@ -98,6 +104,9 @@ def inputs(draw: st.DrawFn, bad_rate: int) -> list[Where]:
         draw(placed(opt, bad=bool(bad_rate) and draw(st.integers(1, bad_rate)) == 1))
         for opt in chosen
     ]
+    if any(opt.name == "sidecar-ready" for _, opt, _ in placements):  # names a sidecar
+        placements = [p for p in placements if p[1].name != "sidecar"]
+        placements.append(("flag", next(o for o in OPTIONS if o.name == "sidecar"), GOOD["sidecar"]))
     if any(opt.name == "watchdog" for _, opt, _ in placements):  # needs --notify
         placements = [p for p in placements if p[1].name != "notify"]
         placements.append(("flag", next(o for o in OPTIONS if o.name == "notify"), []))
