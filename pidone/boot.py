@@ -61,7 +61,7 @@ class Started(NamedTuple):
 
     config: Config
     wake_fd: int  # the signal pipe (see pidone.signals)
-    app: int | spawn.SpawnError | None  # its pid; why it could not start; None: inits first
+    app: int | spawn.SpawnError | None  # its pid; why it could not start; None: not yet
     foreground: bool  # the app's group owns the terminal
     status: StatusServer | None
     notify: NotifySocket | None
@@ -80,7 +80,7 @@ def boot(config: Config) -> Started:
     oom_before = cgroup.oom_kills()  # the app could be OOM-killed within milliseconds
     tty = foreground_tty()
     app: int | spawn.SpawnError | None = None
-    if not config.inits:
+    if not config.inits and not config.sidecars:  # else they come first
         try:
             app = spawn.spawn(config.argv, tty_fd=tty, env=env)
         except spawn.SpawnError as exc:

@@ -33,7 +33,9 @@ import enum
 from dataclasses import dataclass, field
 from typing import Literal
 
+from pidone.backoff import Backoff
 from pidone.config import Config
+from pidone.sidecars import RestartSidecarLater, Sidecars, StartSidecar, StopSidecar
 
 # After SIGKILL nothing can resist except a process stuck in the kernel
 # (uninterruptible sleep); do not let one of those hold the container hostage.
@@ -284,30 +286,6 @@ class Shutdown:
             self.history.append(PhaseRecord(phase, now))
 
 
-class Backoff:
-    """CrashLoopBackOff: a delay that doubles per restart, capped, reset by a good run.
-
-    Pure arithmetic, like the rest of this module: the loop tells it how long
-    the run that just ended lasted and gets the delay before the next start.
-    """
-
-    def __init__(self, delay: float, maximum: float, reset_after: float) -> None:
-        self.delay = delay
-        self.maximum = maximum
-        self.reset_after = reset_after
-        self.restarts = 0  # in a row, since the last reset
-        self.total = 0
-
-    def next_delay(self, run_duration: float) -> float:
-        if run_duration >= self.reset_after:
-            self.restarts = 0  # it ran long enough without failing: start over
-        doublings = min(self.restarts, 64)  # past the cap anyway; 2**1024 overflows a float
-        wait = min(self.delay * 2.0**doublings, self.maximum) if self.delay > 0 else 0.0
-        self.restarts += 1
-        self.total += 1
-        return wait
-
-
 def should_restart(policy: str, cause: str | None, exit_code: int, failed: bool) -> bool:
     """Whether the run that just ended is followed by another.
 
@@ -320,7 +298,9 @@ def should_restart(policy: str, cause: str | None, exit_code: int, failed: bool)
 
 # The whole life ---------------------------------------------------------------
 
-Stage = Literal["init", "app", "backoff", "done"]
+# init commands -> sidecars (each gated) -> app -> (backoff -> app)... -> stopping
+# the sidecars in reverse order -> done.
+Stage = Literal["init", "sidecars", "app", "backoff", "stopping", "done"]
 # How a shutdown signal was taken: it began the stop, joined a stop pidone had
 # already begun, forced the stop under way, ended the backoff, or came too late.
 SignalTake = Literal["started", "joined", "again", "ended_backoff", "late"]
@@ -348,7 +328,16 @@ class Exit:
     """The life is over: pidone reports and exits (see :meth:`Life.exit_code`)."""
 
 
-LifeAction = Action | StartInit | StartApp | RestartLater | Exit
+LifeAction = (
+    Action
+    | StartInit
+    | StartApp
+    | RestartLater
+    | Exit
+    | StartSidecar
+    | StopSidecar
+    | RestartSidecarLater
+)
 
 
 @dataclass
@@ -357,7 +346,8 @@ class Outcome:
 
     Reasons, in order of what explains the end best (the first that holds wins):
     InitFailed, StartError, OOMKilled, pidone's own reason (a failed hook or
-    probe, the watchdog), Killed, Signaled, Completed, Error.
+    probe, the watchdog, a sidecar that failed the start), Killed, Signaled,
+    Completed, Error.
     """
 
     app_code: int | None = None  # the shell's view: the code, or 128+N
@@ -366,7 +356,10 @@ class Outcome:
     start_error: str | None = None
     failure: str | None = None  # a reason of pidone's own deciding
     failed_step: int | None = None  # the index of the init command that failed
+    failed_sidecar: int | None = None  # the sidecar that failed the start
     killed: int = 0  # processes SIGKILLed at the deadline
+    escalated: bool = False  # sidecars were SIGKILLed at the deadline
+    forced: bool = False  # a second shutdown signal killed the sidecars
 
     def reason(self, shutdown: Shutdown) -> str:
         ladder = (
@@ -374,7 +367,12 @@ class Outcome:
             (self.start_error is not None, "StartError"),
             (self.oom, "OOMKilled"),
             (self.failure is not None, self.failure),
-            (shutdown.forced or (shutdown.escalated and self.killed > 0), "Killed"),
+            (
+                shutdown.forced
+                or self.forced
+                or ((shutdown.escalated or self.escalated) and self.killed > 0),
+                "Killed",
+            ),
             (self.app_signal is not None, "Signaled"),
             (self.app_code == 0, "Completed"),
         )
@@ -390,11 +388,11 @@ class Outcome:
 
 
 class Life:
-    """Init commands, runs of the app, backoff, done: every decision, no I/O."""
+    """Init commands, sidecars, runs of the app, backoff, the end: every decision, no I/O."""
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.stage: Stage = "init" if config.inits else "app"
+        self.stage: Stage = "init" if config.inits else "sidecars" if config.sidecars else "app"
         self.init_index = 0
         self.shutdown = self._new_shutdown()
         self.outcome = Outcome()
@@ -402,11 +400,15 @@ class Life:
         self.run_started_at: float | None = None
         self.restart_at: float | None = None
         self.backoff = Backoff(config.restart_delay, config.restart_delay_max, config.restart_reset)
+        self.sidecars = Sidecars(config)
+        self._gate = 0  # the sidecar the start waits for
+        self._stop_deadline: float | None = None  # stopping the sidecars: the grace's end
+        self._kill_until: float | None = None
 
     def _new_shutdown(self) -> Shutdown:
-        if self.stage == "init":
-            # While an init command runs there is nothing to drain: a shutdown
-            # signal only stops it, within the grace.
+        if self.stage != "app":
+            # Before the app runs there is nothing to drain: a shutdown signal
+            # only stops what runs, within the grace.
             return Shutdown(grace=self.config.grace, stop_signal=self.config.stop_signal)
         return Shutdown(
             grace=self.config.grace,
@@ -422,13 +424,23 @@ class Life:
         return self.stage == "done"
 
     def next_deadline(self) -> float | None:
-        return self.restart_at if self.stage == "backoff" else self.shutdown.next_deadline()
+        times = [self.sidecars.next_deadline(restarts=self.stage in ("app", "backoff"))]
+        if self.stage == "backoff":
+            times.append(self.restart_at)
+        elif self.stage == "stopping":
+            times.append(self._kill_until if self._kill_until is not None else self._stop_deadline)
+        else:
+            times.append(self.shutdown.next_deadline())
+        due = [t for t in times if t is not None]
+        return min(due) if due else None
 
     def first(self) -> LifeAction:
         """What to start first."""
-        return StartInit(0) if self.stage == "init" else StartApp()
+        if self.stage == "init":
+            return StartInit(0)
+        return StartSidecar(0) if self.stage == "sidecars" else StartApp()
 
-    # -- events -------------------------------------------------------------
+    # -- the app and the init commands ----------------------------------------------
 
     def on_started(self, now: float) -> None:
         """The process of the current stage runs (an init command or the app)."""
@@ -447,7 +459,7 @@ class Life:
             # An init command that already ran left something behind: it gets
             # the stop signal and the grace, as an app's leftovers would.
             return list(self.shutdown.on_app_exit(now))
-        return self._end()
+        return self._end(now)
 
     def on_init_exit(self, code: int) -> list[LifeAction] | None:
         """An init command ended; the next step, or None when it failed (then: on_exit)."""
@@ -459,6 +471,9 @@ class Life:
         self.init_index += 1
         if self.init_index < len(self.config.inits):
             return [StartInit(self.init_index)]
+        if self.sidecars:
+            self.stage = "sidecars"
+            return [StartSidecar(0)]
         self.stage = "app"
         self.shutdown = self._new_shutdown()
         return [StartApp()]
@@ -470,12 +485,14 @@ class Life:
         return list(self.shutdown.on_app_exit(now))
 
     def on_shutdown_signal(self, now: float, signum: int) -> tuple[SignalTake, list[LifeAction]]:
-        if self.stage == "backoff":  # nothing runs: end now
-            self.restart_at = None
-            return "ended_backoff", self._end()
         first = self.shutdown_signal is None
         if first:
             self.shutdown_signal = signum
+        if self.stage == "backoff":  # the app does not run: end now
+            self.restart_at = None
+            return "ended_backoff", self._end(now)
+        if self.stage in ("sidecars", "stopping"):
+            return self._signal_between_runs(now, signum, first=first)
         phase = self.shutdown.phase
         take: SignalTake = (
             "started"
@@ -488,9 +505,23 @@ class Life:
         )
         return take, list(self.shutdown.on_shutdown_signal(now))
 
+    def _signal_between_runs(
+        self, now: float, signum: int, *, first: bool
+    ) -> tuple[SignalTake, list[LifeAction]]:
+        """A shutdown signal while only sidecars run: before the app, or after it."""
+        if self.stage == "sidecars":  # the app never started: stop the sidecars started
+            self.outcome.app_code, self.outcome.app_signal = 128 + signum, signum
+            return "started", self._end(now)
+        if first:
+            return "joined", []  # the sidecars are being stopped already
+        if self._kill_until is not None:
+            return "again", []
+        self.outcome.forced = True
+        return "again", self._kill_sidecars(now)
+
     def on_stop_request(self, now: float, reason: str, cause: str) -> list[LifeAction] | None:
         """pidone stops the app for its own reason; None when a stop is under way already."""
-        if self.shutdown.phase is not Phase.RUNNING:
+        if self.stage != "app" or self.shutdown.phase is not Phase.RUNNING:
             return None
         self.outcome.failure = reason
         return list(self.shutdown.on_stop_request(now, cause))
@@ -499,21 +530,43 @@ class Life:
         return list(self.shutdown.on_drain_done(now, index))
 
     def on_nothing_left(self, now: float) -> list[LifeAction]:
+        """No process is left but the sidecars still running (waitpid's ECHILD, if none)."""
+        if self.stage == "stopping":
+            if self.sidecars.any_running:
+                return []
+            self.stage = "done"
+            return [Exit()]
         return list(self.shutdown.on_nothing_left(now))
 
     def on_killed(self, count: int) -> None:
-        self.outcome.killed = count
+        self.outcome.killed += count
 
     def on_deadline(self, now: float) -> list[LifeAction]:
+        actions: list[LifeAction] = []
+        if self.stage in ("app", "backoff"):
+            actions += self.sidecars.due_restarts(now)
+        if self.stage == "sidecars":
+            index = self.sidecars.gate_expired(now)
+            if index is not None:  # it never got ready: the start fails
+                return self._sidecar_failed(now, index, 1)
+        if self.stage == "stopping":
+            if self._kill_until is not None and now >= self._kill_until:
+                self.stage = "done"  # only processes stuck in the kernel resist SIGKILL
+                return [Exit()]
+            deadline = self._stop_deadline
+            if self._kill_until is None and deadline is not None and now >= deadline:
+                self.outcome.escalated = True
+                return self._kill_sidecars(now)
+            return []
         if self.stage == "backoff":
-            if self.restart_at is None or now < self.restart_at:
-                return []
-            self.restart_at = None
-            self.stage = "app"
-            self.shutdown = self._new_shutdown()
-            self.outcome = Outcome()
-            return [StartApp()]
-        return list(self.shutdown.on_deadline(now))
+            if self.restart_at is not None and now >= self.restart_at:
+                self.restart_at = None
+                self.stage = "app"
+                self.shutdown = self._new_shutdown()
+                self.outcome = Outcome()
+                actions.append(StartApp())
+            return actions
+        return actions + list(self.shutdown.on_deadline(now))
 
     def on_run_over(self, now: float, *, oom: bool) -> list[LifeAction]:
         """The run and everything it started are gone (after Finish): restart, or end."""
@@ -532,12 +585,67 @@ class Life:
             )
         )
         if not restart:
-            return self._end()
+            return self._end(now)
         ran = now - (self.run_started_at if self.run_started_at is not None else now)
         delay = self.backoff.next_delay(ran)
         self.stage = "backoff"
         self.restart_at = now + delay
         return [RestartLater(delay)]
+
+    # -- sidecars -------------------------------------------------------------------
+
+    def on_sidecar_started(self, now: float, index: int) -> list[LifeAction]:
+        gated = self.stage == "sidecars" and index == self._gate
+        if self.sidecars.started(index, now, gated=gated) and gated:
+            return self._gate_passed()
+        return []
+
+    def on_sidecar_ready(self, index: int) -> list[LifeAction]:
+        if self.sidecars.passed_check(index) and self.stage == "sidecars" and index == self._gate:
+            return self._gate_passed()
+        return []
+
+    def on_sidecar_exit(self, now: float, index: int, code: int) -> list[LifeAction]:
+        """A sidecar ended, or (code 126/127) could not be started at all."""
+        self.sidecars.exited(index)
+        if self.stage == "sidecars":
+            return self._sidecar_failed(now, index, code)
+        if self.stage == "stopping":
+            return self._next_stop()
+        app_runs = self.stage == "backoff" or (
+            self.stage == "app" and self.shutdown.phase is Phase.RUNNING
+        )
+        return [self.sidecars.restart_later(index, now)] if app_runs else []
+
+    def _gate_passed(self) -> list[LifeAction]:
+        self._gate += 1
+        if self._gate < len(self.sidecars):
+            return [StartSidecar(self._gate)]
+        self.stage = "app"
+        self.shutdown = self._new_shutdown()
+        return [StartApp()]
+
+    def _sidecar_failed(self, now: float, index: int, code: int) -> list[LifeAction]:
+        self.outcome.failure = "SidecarFailed"
+        self.outcome.failed_sidecar = index
+        self.outcome.app_code = code
+        return self._end(now)
+
+    def _next_stop(self) -> list[LifeAction]:
+        if self._kill_until is not None:
+            return []  # everything was SIGKILLed: only the reaping is left
+        stops: list[LifeAction] = list(self.sidecars.next_stop(self.config.stop_signal))
+        if stops or self.sidecars.any_running:
+            return stops
+        # The last sidecar is gone: whatever the sidecars left behind gets the
+        # stop signal too, and pidone ends once nothing is left.
+        return [SignalRest(self.config.stop_signal)]
+
+    def _kill_sidecars(self, now: float) -> list[LifeAction]:
+        self._kill_until = now + KILL_WAIT
+        return [KillAll()]
+
+    # -- the end ----------------------------------------------------------------------
 
     def exit_code(self) -> int:
         return self.config.remap(self.outcome.exit_code())
@@ -545,6 +653,16 @@ class Life:
     def reason(self) -> str:
         return self.outcome.reason(self.shutdown)
 
-    def _end(self) -> list[LifeAction]:
-        self.stage = "done"
-        return [Exit()]
+    def _end(self, now: float) -> list[LifeAction]:
+        """No more runs of the app: stop the sidecars (after it, in reverse order), then exit."""
+        if not self.sidecars.any_running:
+            self.stage = "done"
+            return [Exit()]
+        self.stage = "stopping"
+        # All inside the one grace: the app's stop began it, or it begins now.
+        deadline = self.shutdown.deadline
+        self._stop_deadline = deadline if deadline is not None else now + self.config.grace
+        if now >= self._stop_deadline:
+            self.outcome.escalated = True
+            return self._kill_sidecars(now)
+        return self._next_stop()

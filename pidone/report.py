@@ -26,17 +26,21 @@ from pidone.config import signal_name
 from pidone.lifecycle import Phase
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from structlog.typing import FilteringBoundLogger
 
     from pidone import status
     from pidone.lifecycle import Life
-    from pidone.run import Run
+    from pidone.run import Run, SidecarRun
 
 # kubelet reads no more than this of a termination message.
 TERMINATION_LOG_LIMIT = 4096
 
 
-def fields(life: Life, run: Run, now: float, exit_code: int) -> dict[str, object]:
+def fields(
+    life: Life, run: Run, now: float, exit_code: int, sidecars: Sequence[SidecarRun] = ()
+) -> dict[str, object]:
     """The final event's keys; those that do not apply are left out."""
     outcome, shutdown = life.outcome, life.shutdown
     out: dict[str, object] = {"reason": life.reason(), "exit_code": exit_code}
@@ -57,6 +61,7 @@ def fields(life: Life, run: Run, now: float, exit_code: int) -> dict[str, object
     if run.killed:
         optional["killed"] = [{"pid": p.pid, "cmdline": p.cmdline[:200]} for p in run.killed[:50]]
         optional["killed_count"] = len(run.killed)
+    optional["sidecars"] = [side.summary() for side in sidecars] or None
     out.update((key, value) for key, value in optional.items() if value is not None)
     return out
 
@@ -124,11 +129,18 @@ def termination_message(life: Life, run: Run, now: float, exit_code: int) -> str
     return data.decode("utf-8", "ignore")
 
 
-def conclude(life: Life, run: Run, now: float, code: int, log: FilteringBoundLogger) -> None:
+def conclude(  # noqa: PLR0913, PLR0917 - the end is made of all of these
+    life: Life,
+    run: Run,
+    sidecars: Sequence[SidecarRun],
+    now: float,
+    code: int,
+    log: FilteringBoundLogger,
+) -> None:
     """The end: the termination log, the console timeline, the ``terminated`` line last."""
     from pidone.log import use_console
 
-    out = fields(life, run, now, code)
+    out = fields(life, run, now, code, sidecars)
     path = life.config.termination_log or default_termination_log()
     if path:
         error = write_termination_log(path, termination_message(life, run, now, code))
@@ -142,14 +154,22 @@ def conclude(life: Life, run: Run, now: float, code: int, log: FilteringBoundLog
     log.info("terminated", **out)
 
 
-def snapshot(life: Life, run: Run, last_exit: dict[str, object] | None) -> status.Snapshot:
+def snapshot(
+    life: Life, run: Run, sidecars: Sequence[SidecarRun], last_exit: dict[str, object] | None
+) -> status.Snapshot:
     """What the status endpoint reports, read at the moment of each request."""
     from pidone import status as status_mod
 
     pod = run.pod
     running = life.stage == "app" and pod is not None and not life.shutdown.app_exited
     live = running and pod is not None and pod.live
-    ready = live and pod is not None and life.shutdown.phase is Phase.RUNNING and pod.ready
+    ready = (
+        live
+        and pod is not None
+        and life.shutdown.phase is Phase.RUNNING
+        and pod.ready
+        and life.sidecars.all_ready  # as a pod's: every sidecar started and ready
+    )
     now = time.monotonic()
     started_at = run.started_at if run.kind == "app" else None
     status: dict[str, object] = {
@@ -163,6 +183,18 @@ def snapshot(life: Life, run: Run, last_exit: dict[str, object] | None) -> statu
         "last_exit": last_exit,
         **(pod.status() if pod is not None else {}),
     }
+    if sidecars:
+        status["sidecars"] = [
+            {
+                "name": side.spec.name,
+                "pid": side.pid,
+                "state": "running" if side.pid is not None else "exited",
+                "ready": state.ready,
+                "restarts": side.restarts,
+                "last_exit": side.last_exit,
+            }
+            for side, state in zip(sidecars, life.sidecars.states, strict=True)
+        ]
     if life.shutdown.started_at is not None:
         status["shutdown"] = {
             "cause": life.shutdown.cause,

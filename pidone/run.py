@@ -12,7 +12,9 @@ decisions are :class:`pidone.lifecycle.Life`'s.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 from typing import TYPE_CHECKING, Literal
 
 from pidone import spawn
@@ -20,11 +22,11 @@ from pidone.config import signal_name
 from pidone.hooks import DrainOutcome, Result, Runner
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Collection
 
     from structlog.typing import FilteringBoundLogger
 
-    from pidone.config import Config
+    from pidone.config import Config, Sidecar
     from pidone.lifecycle import Shutdown
     from pidone.pod import Pod
     from pidone.tree import ProcessInfo
@@ -99,13 +101,18 @@ class Run:
         if self.pod is not None:
             self.pod.stop()
 
-    def signal_rest(self, signum: int, log: FilteringBoundLogger) -> None:
-        """The process is gone: what it left behind gets ``signum`` once."""
+    def signal_rest(
+        self, signum: int, log: FilteringBoundLogger, spare: Collection[int] = ()
+    ) -> None:
+        """The process is gone: what it left behind gets ``signum`` once.
+
+        ``spare``: the sidecars, which are stopped after it, each in turn.
+        """
         if not spawn.has_children():
             return  # the common case: it left nothing behind
         from pidone import tree
 
-        rest = tree.descendants()
+        rest = tree.descendants_but(spare) if spare else tree.descendants()
         if rest:
             log.info(
                 "leftovers_signalled",
@@ -113,14 +120,17 @@ class Run:
                 count=len(rest),
                 pids=rest[:KILLED_LOGGED],
             )
-            tree.signal_rest(signum)
+            if spare:
+                tree.signal_pids(rest, signum)
+            else:
+                tree.signal_rest(signum)
 
     def kill_all(self, shutdown: Shutdown, now: float, log: FilteringBoundLogger) -> int:
         """The deadline: SIGKILL everything left; how many processes that was."""
         from pidone import tree
 
         alive = tree.lingering()
-        self.killed = alive
+        self.killed += alive
         for info in alive[:KILLED_LOGGED]:
             log.warning(
                 "process_killed", pid=info.pid, cmdline=info.cmdline[:500], age_s=info.age_s
@@ -166,3 +176,52 @@ class Run:
         )
         self.drains.append(record)
         return record
+
+
+class SidecarRun:
+    """One sidecar across its restarts: its process now, and what is reported of it."""
+
+    def __init__(self, spec: Sidecar) -> None:
+        self.spec = spec
+        self.pid: int | None = None
+        self.generation = 0  # one more per start: a late ready check of an old one is moot
+        self.restarts = 0
+        self.last_exit: dict[str, object] | None = None
+        self.check_at: float | None = None  # the next ready check, while one is due
+        self._stop_sent: float | None = None
+        self.stop_s: float | None = None
+
+    def start(self, now: float) -> spawn.SpawnError | None:
+        """Start it (in a process group of its own, its signals at default)."""
+        try:
+            self.pid = spawn.spawn(self.spec.argv)
+        except spawn.SpawnError as exc:
+            return exc
+        self.generation += 1
+        self._stop_sent = None
+        self.check_at = now if self.spec.ready is not None else None
+        return None
+
+    def stop(self, signum: int, now: float) -> None:
+        """Its stop signal, and SIGCONT so that a stopped sidecar can act on it."""
+        self._stop_sent = now
+        for sig in (signum, signal.SIGCONT):
+            if self.pid is not None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(self.pid, sig)
+
+    def exited(self, ex: spawn.Exit, now: float) -> dict[str, object]:
+        """Record its end; the fields to log."""
+        self.pid, self.check_at = None, None
+        end: dict[str, object] = {"exit_code": ex.code}
+        if ex.signal is not None:
+            end["signal"] = signal_name(ex.signal)
+        if self._stop_sent is not None:
+            self.stop_s = round(now - self._stop_sent, 3)
+            end["stop_s"] = self.stop_s
+        self.last_exit = end
+        return {"name": self.spec.name, "pid": ex.pid, **end, "restarts": self.restarts}
+
+    def summary(self) -> dict[str, object]:
+        """Its line in the ``terminated`` event."""
+        return {"name": self.spec.name, **(self.last_exit or {}), "restarts": self.restarts}

@@ -33,7 +33,8 @@ from pidone.lifecycle import (
     StartApp,
     StartInit,
 )
-from pidone.run import Run
+from pidone.run import Run, SidecarRun
+from pidone.sidecars import RestartSidecarLater, StartSidecar, StopSidecar
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -81,6 +82,28 @@ class LifeClock:
         self._sup.act(self._sup.life.on_deadline(now), now)
 
 
+# Ready checks of a sidecar the start waits for: this often, each this long at most.
+READY_PERIOD = 0.2
+READY_TIMEOUT = 1.0
+
+
+class SidecarChecks:
+    """The ready checks of sidecars that are not ready yet, as one of the loop's timers."""
+
+    def __init__(self, sup: Supervisor) -> None:
+        self._sup = sup
+
+    def next_deadline(self) -> float | None:
+        due = [s.check_at for s in self._sup.sidecars if s.check_at is not None]
+        return min(due) if due else None
+
+    def on_deadline(self, now: float) -> None:
+        for index, side in enumerate(self._sup.sidecars):
+            if side.check_at is not None and now >= side.check_at and side.spec.ready:
+                side.check_at = None  # none again until this one has its result
+                self._sup.check_sidecar(index, side.spec.ready, side.generation)
+
+
 class Supervisor:
     def __init__(self, started: Started, loop: Loop) -> None:
         from pidone import log  # costs start-up time: only once the app runs
@@ -100,6 +123,8 @@ class Supervisor:
         self.last_exit: dict[str, object] | None = None
         self.code: int | None = None
         self._clock = LifeClock(self)
+        self.sidecars = [SidecarRun(spec) for spec in self.config.sidecars]
+        self._checks = SidecarChecks(self)
         # The stop phase last logged (of which run's stop): each new one is logged once.
         self._phase_seen = (self.life.shutdown, self.life.shutdown.phase)
 
@@ -111,7 +136,8 @@ class Supervisor:
 
     def timers(self) -> Iterable[Timed]:
         pod, status = self.run.pod, self.started.status
-        return [t for t in (self.runner, pod, status) if t is not None] + [self._clock]
+        timers = [t for t in (self.runner, pod, status) if t is not None]
+        return [*timers, self._checks, self._clock] if self.sidecars else [*timers, self._clock]
 
     def begin(self) -> None:
         self.act([self.life.first()], time.monotonic())
@@ -180,17 +206,32 @@ class Supervisor:
         # Everything in the batch is reaped already: first mark all of it (so
         # nothing acts on a pid that is gone), then the run's own process.
         mine = None
+        sidecar_exits = []
+        by_pid = {side.pid: index for index, side in enumerate(self.sidecars) if side.pid}
         for ex in exits:
             if ex.pid == self.run.pid:
                 mine = ex
                 self.run.exited = True
+            elif ex.pid in by_pid:
+                sidecar_exits.append((by_pid[ex.pid], ex))
             elif not self.runner.claim(ex):
                 self.log.debug("orphan_reaped", pid=ex.pid, exit_code=ex.code)
         if mine is not None:
             self._on_exit(mine, now)
+        for index, ex in sidecar_exits:
+            self._on_sidecar_exit(index, ex, now)
         self.runner.deliver()
-        if none_left and self.life.shutdown.app_exited:
+        if none_left or self._only_sidecars_left():
             self.act(self.life.on_nothing_left(now), now)
+
+    def _only_sidecars_left(self) -> bool:
+        """Every child of pidone is a sidecar: for the app's stop, nothing is left."""
+        running = {side.pid for side in self.sidecars if side.pid is not None}
+        if not running:
+            return False
+        from pidone import tree
+
+        return set(tree.children()) <= running
 
     def _on_exit(self, ex: spawn.Exit, now: float) -> None:
         if self.run.kind == "init":
@@ -279,7 +320,7 @@ class Supervisor:
         """What the status endpoint reports, read at the moment of each request."""
         from pidone import report
 
-        return report.snapshot(self.life, self.run, self.last_exit)
+        return report.snapshot(self.life, self.run, self.sidecars, self.last_exit)
 
     # -- actions ----------------------------------------------------------------------
 
@@ -299,7 +340,9 @@ class Supervisor:
             )
 
     def _do(self, action: LifeAction, now: float) -> None:  # noqa: C901 - one case per action
-        if isinstance(action, StartInit):
+        if isinstance(action, StartSidecar | StopSidecar | RestartSidecarLater):
+            self._do_sidecar(action, now)
+        elif isinstance(action, StartInit):
             self._start(Run(self.config, "init", self.config.inits[action.index].argv), now)
         elif isinstance(action, StartApp):
             self._start(Run(self.config, "app", self.config.argv), now)
@@ -320,7 +363,8 @@ class Supervisor:
             # deadline; SIGCONT lets it stop gracefully, as systemd does.
             self.run.signal(signal.SIGCONT)
         elif isinstance(action, SignalRest):
-            self.run.signal_rest(action.signum, self.log)
+            spare = [side.pid for side in self.sidecars if side.pid is not None]
+            self.run.signal_rest(action.signum, self.log, spare)
             self.loop.later(self.reap)  # exits before the signal left no SIGCHLD to wait for
         elif isinstance(action, KillAll):
             self.runner.cancel_all("killed at the deadline")
@@ -332,6 +376,78 @@ class Supervisor:
             self._restart_later(action.delay, now)
         elif isinstance(action, Exit):
             self._check_oom()
+
+    # -- sidecars ---------------------------------------------------------------------
+
+    def _do_sidecar(
+        self, action: StartSidecar | StopSidecar | RestartSidecarLater, now: float
+    ) -> None:
+        if isinstance(action, StartSidecar):
+            self._start_sidecar(action.index, now)
+        elif isinstance(action, StopSidecar):
+            side = self.sidecars[action.index]
+            self.log.info(
+                "sidecar_stopping",
+                name=side.spec.name,
+                pid=side.pid,
+                signal=signal_name(action.signum),
+                elapsed_s=round(self.life.shutdown.elapsed(now), 3),
+            )
+            side.stop(action.signum, now)
+        else:
+            side = self.sidecars[action.index]
+            side.restarts += 1
+            self.log.warning(
+                "sidecar_restart_scheduled",
+                name=side.spec.name,
+                delay_s=action.delay,
+                restarts=side.restarts,
+            )
+
+    def _start_sidecar(self, index: int, now: float) -> None:
+        side = self.sidecars[index]
+        error = side.start(now)
+        if error is not None:
+            self.log.error(
+                "sidecar_exited", name=side.spec.name, error=str(error), exit_code=error.exit_code
+            )
+            side.last_exit = {"exit_code": error.exit_code, "error": str(error)}
+            self.act(self.life.on_sidecar_exit(now, index, error.exit_code), now)
+            return
+        self.log.info(
+            "sidecar_started",
+            name=side.spec.name,
+            pid=side.pid,
+            argv=list(side.spec.argv),
+            restarts=side.restarts,
+        )
+        if side.spec.ready is None:  # running is all it promises
+            self.log.info("sidecar_ready", name=side.spec.name, check=None)
+        self.act(self.life.on_sidecar_started(now, index), now)
+
+    def check_sidecar(self, index: int, check: Check, generation: int) -> None:
+        def done(result: Result) -> None:
+            side = self.sidecars[index]
+            if side.generation != generation or side.pid is None:
+                return  # that process is gone; its successor has checks of its own
+            now = time.monotonic()
+            if not result.ok:
+                side.check_at = now + READY_PERIOD
+                return
+            self.log.info("sidecar_ready", name=side.spec.name, check=check.describe())
+            self.act(self.life.on_sidecar_ready(index), now)
+
+        self.runner.start(check, READY_TIMEOUT, done)
+
+    def _on_sidecar_exit(self, index: int, ex: spawn.Exit, now: float) -> None:
+        side = self.sidecars[index]
+        stopping = self.life.sidecars.states[index].stopping
+        fields = side.exited(ex, now)
+        if stopping:
+            self.log.info("sidecar_stopped", **fields)
+        else:
+            self.log.warning("sidecar_exited", **fields)
+        self.act(self.life.on_sidecar_exit(now, index, ex.code), now)
 
     def _run_drain(self, index: int, deadline: float, now: float) -> None:
         step = self.config.drains[index]
@@ -396,7 +512,7 @@ class Supervisor:
         from pidone import report
 
         code = self.life.exit_code()
-        report.conclude(self.life, self.run, time.monotonic(), code, self.log)
+        report.conclude(self.life, self.run, self.sidecars, time.monotonic(), code, self.log)
         return code
 
 

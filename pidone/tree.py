@@ -17,6 +17,7 @@ import contextlib
 import os
 import signal
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,6 +51,23 @@ def descendants(root: int | None = None) -> list[int]:
         found.extend(kids)
         queue.extend(kids)
     return found
+
+
+def descendants_but(spare: Collection[int]) -> list[int]:
+    """Pids below pidone, except the ``spare`` ones and everything below them."""
+    keep = set(spare)
+    found: list[int] = []
+    queue = [pid for pid in _children(os.getpid()) if pid not in keep]
+    while queue:
+        pid = queue.pop(0)
+        found.append(pid)
+        queue.extend(_children(pid))
+    return found
+
+
+def children() -> list[int]:
+    """pidone's own children (reparented orphans included), from /proc."""
+    return _children(os.getpid())
 
 
 def _children(pid: int) -> list[int]:

@@ -106,7 +106,9 @@ def inputs(draw: st.DrawFn, bad_rate: int) -> list[Where]:
     ]
     if any(opt.name == "sidecar-ready" for _, opt, _ in placements):  # names a sidecar
         placements = [p for p in placements if p[1].name != "sidecar"]
-        placements.append(("flag", next(o for o in OPTIONS if o.name == "sidecar"), GOOD["sidecar"]))
+        placements.append(
+            ("flag", next(o for o in OPTIONS if o.name == "sidecar"), GOOD["sidecar"])
+        )
     if any(opt.name == "watchdog" for _, opt, _ in placements):  # needs --notify
         placements = [p for p in placements if p[1].name != "notify"]
         placements.append(("flag", next(o for o in OPTIONS if o.name == "notify"), []))
