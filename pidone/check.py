@@ -15,6 +15,7 @@ whatever it likes.
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import sys
 from collections.abc import Mapping, Sequence
@@ -22,7 +23,7 @@ from typing import NamedTuple, TextIO
 
 from pidone.config import Config, ExecDrain, HttpDrain, TcpCheck, signal_name
 from pidone.lifecycle import KILL_WAIT, app_reserve
-from pidone.options import Option
+from pidone.options import Kind, Option
 from pidone.settings import Settings, resolve
 
 
@@ -99,9 +100,35 @@ def plan(config: Config) -> list[Step]:
             f"stop signal {stop} to {to}; its time to exit (reserve {reserve:g}s)",
         )
     )
+    if config.sidecars:
+        order = " -> ".join(
+            f"{sc.name} ({signal_name(sc.stop_signal)})" for sc in reversed(config.sidecars)
+        )
+        steps.append(
+            Step(
+                now,
+                grace - now,
+                f"once the app has exited: sidecars {order}, each after the one before has "
+                "exited, in what is left of the grace (worst case: none, SIGKILL at the deadline)",
+            )
+        )
     steps.append(Step(grace, KILL_WAIT, "kill deadline: SIGKILL to everything still running"))
     steps.append(Step(grace + KILL_WAIT, None, "pidone exits at the latest"))
     return steps
+
+
+def start_order(config: Config) -> list[str]:
+    """What starts, in order, and what each waits for."""
+    lines = [
+        f"init {i + 1}: {step.describe()} (must exit 0)" for i, step in enumerate(config.inits)
+    ]
+    timeout = f"{config.sidecar_ready_timeout:g}s"
+    for sidecar in config.sidecars:
+        gate = "running" if sidecar.ready is None else f"ready ({sidecar.ready.describe()})"
+        command = shlex.join(sidecar.argv)
+        lines.append(f"sidecar {sidecar.name}: {command}; waits until {gate}, at most {timeout}")
+    lines.append(f"app: {shlex.join(config.argv) if config.argv else '(none)'}")
+    return lines
 
 
 def warnings(config: Config) -> list[str]:
@@ -150,6 +177,8 @@ def report(resolved: Settings) -> str:
         lines.append(f"  {name:<{name_width}}  {value:<{value_width}}  {source}".rstrip())
     command = " ".join(resolved.command) if resolved.command else "(none)"
     lines += ["", f"command: {command}", ""]
+    if config.inits or config.sidecars:
+        lines += ["start order:", *(f"  {line}" for line in start_order(config)), ""]
     lines.append(
         f"shutdown plan (grace {config.grace:g}s; worst case: each drain uses its whole share):"
     )
@@ -170,12 +199,27 @@ def _show(opt: Option, value: object) -> list[str]:
     if opt.name == "shutdown-signal" and not value:
         return ["SIGTERM"]
     if isinstance(value, tuple) and opt.multiple:
-        return [_one(opt, item) for item in value] or ["-"]
+        show = _named if opt.kind.startswith("sidecar") else _one  # (NAME, value) pairs
+        return [show(opt, item) for item in value] or ["-"]
     if value is None:
         if opt.name == "termination-log":
             return ["- (/dev/termination-log when writable)"]
         return ["-"]
     return [_one(opt, value)]
+
+
+def _named(opt: Option, value: object) -> str:
+    assert isinstance(value, tuple)
+    kind: Kind = _SIDECAR_VALUE_KINDS.get(opt.kind, "command")
+    return f"{value[0]}={_one(Option(opt.name, kind, opt.metavar, opt.help), value[1])}"
+
+
+# What the value of a NAME=VALUE sidecar option is shown as.
+_SIDECAR_VALUE_KINDS: dict[str, Kind] = {
+    "sidecar-ready": "probe",
+    "sidecar-signal": "signal",
+    "sidecar-duration": "duration",
+}
 
 
 def _one(opt: Option, value: object) -> str:

@@ -14,7 +14,7 @@ import math
 import os
 import signal
 from collections.abc import Callable, Sequence
-from typing import Literal, NamedTuple
+from typing import Literal, NamedTuple, TypeVar
 
 LogFormat = Literal["auto", "json", "console"]
 LogLevel = Literal["debug", "info", "warning", "error"]
@@ -77,12 +77,18 @@ class Probe(NamedTuple):
     success_threshold: int = 1
 
 
+T = TypeVar("T")
+
+
 class Sidecar(NamedTuple):
     """A process started before the app and stopped after it (a Kubernetes native sidecar)."""
 
     name: str
     argv: tuple[str, ...]
     ready: Check | None = None  # checked until it passes before the next process starts
+    stop_signal: int = signal.SIGTERM
+    restart_delay: float | None = None  # None: --restart-delay
+    restart_delay_max: float | None = None  # None: --restart-delay-max
 
 
 SIDECAR_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
@@ -116,21 +122,63 @@ def parse_sidecar_ready(text: str) -> tuple[str, Check]:
         raise ValueError(f"{text!r}: {exc}") from None
 
 
+def parse_sidecar_signal(text: str) -> tuple[str, int]:
+    """``NAME=SIGNAL``: the signal that stops that sidecar."""
+    name, value = _sidecar_name(text, "SIGNAL")
+    try:
+        return name, parse_signal(value)
+    except ValueError as exc:
+        raise ValueError(f"{text!r}: {exc}") from None
+
+
+def parse_sidecar_duration(text: str) -> tuple[str, float]:
+    """``NAME=SECONDS``."""
+    name, value = _sidecar_name(text, "SECONDS")
+    try:
+        return name, parse_duration(value)
+    except ValueError as exc:
+        raise ValueError(f"{text!r}: {exc}") from None
+
+
+def _per_sidecar(option: str, names: Sequence[str], given: Sequence[tuple[str, T]]) -> dict[str, T]:
+    """One value per named sidecar, each naming one that exists."""
+    found: dict[str, T] = {}
+    for name, value in given:
+        if name not in names:
+            raise ValueError(f"--{option}: no sidecar is named {name!r}")
+        if name in found:
+            raise ValueError(f"--{option}: {name!r} is given twice")
+        found[name] = value
+    return found
+
+
 def build_sidecars(
-    commands: Sequence[tuple[str, ExecDrain]], ready: Sequence[tuple[str, Check]]
+    commands: Sequence[tuple[str, ExecDrain]],
+    ready: Sequence[tuple[str, Check]],
+    stop_signals: Sequence[tuple[str, int]] = (),
+    delays: Sequence[tuple[str, float]] = (),
+    delays_max: Sequence[tuple[str, float]] = (),
 ) -> tuple[Sidecar, ...]:
-    """Sidecars in their start order; a name must be unique and ready checks name one."""
+    """Sidecars in their start order; a name is unique, and the other options name one."""
     names = [name for name, _ in commands]
     for name in names:
         if names.count(name) > 1:
             raise ValueError(f"--sidecar: the name {name!r} is used twice")
-    checks = dict(ready)
-    for name, _ in ready:
-        if name not in names:
-            raise ValueError(f"--sidecar-ready: no sidecar is named {name!r}")
-        if [n for n, _ in ready].count(name) > 1:
-            raise ValueError(f"--sidecar-ready: {name!r} has two ready checks")
-    return tuple(Sidecar(name, step.argv, checks.get(name)) for name, step in commands)
+    checks = _per_sidecar("sidecar-ready", names, ready)
+    signals = _per_sidecar("sidecar-stop-signal", names, stop_signals)
+    delay = _per_sidecar("sidecar-restart-delay", names, delays)
+    delay_max = _per_sidecar("sidecar-restart-delay-max", names, delays_max)
+    return tuple(
+        Sidecar(
+            name,
+            step.argv,
+            checks.get(name),
+            signals.get(name, signal.SIGTERM),
+            delay.get(name),
+            delay_max.get(name),
+        )
+        for name, step in commands
+    )
 
 
 class Config(NamedTuple):

@@ -50,6 +50,14 @@ PROBE_KEYS = {
     "failure-threshold": "failure-threshold",
     "success-threshold": "success-threshold",
 }
+# Keys of a [sidecars.NAME] table -> the repeatable NAME=VALUE option they stand for.
+SIDECAR_KEYS = {
+    "command": "sidecar",
+    "ready": "sidecar-ready",
+    "stop-signal": "sidecar-stop-signal",
+    "restart-delay": "sidecar-restart-delay",
+    "restart-delay-max": "sidecar-restart-delay-max",
+}
 # Option names that only make sense on the command line.
 NOT_IN_FILE = frozenset({"config", "check"})
 
@@ -106,6 +114,9 @@ def read(path: str) -> Loaded:
     keys: dict[str, KeyPath] = {}
     problems: list[tuple[KeyPath, str]] = []
     for keypath, option, raw in _entries(document, problems):
+        if keypath[0] == "sidecars" and keys.get(option.key, keypath)[0] == "sidecars":
+            _add_sidecar_value(option, keypath, raw, values, keys, problems)
+            continue
         if option.key in keys:
             other = ".".join(keys[option.key])
             problems.append((keypath, f"sets {option.name!r} again (already set by {other!r})"))
@@ -131,9 +142,12 @@ def _entries(
         if name == "probes":
             yield from _probe_entries(value, problems)
             continue
+        if name == "sidecars":
+            yield from _sidecar_entries(value, problems)
+            continue
         option = BY_NAME.get(name)
         if option is None or name in NOT_IN_FILE:
-            problems.append(((name,), _unknown(name, [*BY_NAME, "probes"])))
+            problems.append(((name,), _unknown(name, [*BY_NAME, "probes", "sidecars"])))
             continue
         yield (name,), option, value
 
@@ -165,6 +179,54 @@ def _probe_entries(
                 problems.append(((*keypath, key), reason))
                 continue
             yield (*keypath, key), option, value
+
+
+def _sidecar_entries(
+    sidecars: object, problems: list[tuple[KeyPath, str]]
+) -> Iterator[tuple[KeyPath, Option, object]]:
+    """``[sidecars.NAME]`` tables, in the file's order (the start order)."""
+    if not isinstance(sidecars, dict):
+        reason = f"expected a table of sidecars ([sidecars.proxy] ...), got {_kind(sidecars)}"
+        problems.append((("sidecars",), reason))
+        return
+    for name, table in sidecars.items():
+        keypath: KeyPath = ("sidecars", name)
+        if not isinstance(table, dict):
+            problems.append((keypath, f"expected a table, got {_kind(table)}"))
+            continue
+        if "command" not in table:
+            problems.append((keypath, "a sidecar needs a command"))
+            continue
+        for key in ("command", *(k for k in table if k != "command")):  # the command first
+            if key not in SIDECAR_KEYS:
+                problems.append(((*keypath, key), _unknown(key, SIDECAR_KEYS)))
+                continue
+            yield (*keypath, key), BY_NAME[SIDECAR_KEYS[key]], table[key]
+
+
+def _add_sidecar_value(  # noqa: PLR0913, PLR0917 - read()'s state, handed over whole
+    option: Option,
+    keypath: KeyPath,
+    raw: object,
+    values: dict[str, FileValue],
+    keys: dict[str, KeyPath],
+    problems: list[tuple[KeyPath, str]],
+) -> None:
+    """One table key becomes one ``NAME=VALUE`` text of its repeatable option."""
+    name = keypath[1]
+    if isinstance(raw, bool) or not isinstance(raw, str | int | float):
+        problems.append((keypath, f"expected a string or a number, got {_kind(raw)}"))
+        return
+    text = f"{name}={raw}"
+    try:
+        option.parse(text)
+    except ValueError as exc:
+        problems.append((keypath, str(exc)))
+        return
+    listed = values.setdefault(option.key, [])
+    assert isinstance(listed, list)
+    listed.append(text)
+    keys.setdefault(option.key, keypath)
 
 
 def _unknown(name: str, allowed: Iterable[str]) -> str:

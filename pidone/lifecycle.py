@@ -634,7 +634,7 @@ class Life:
     def _next_stop(self) -> list[LifeAction]:
         if self._kill_until is not None:
             return []  # everything was SIGKILLed: only the reaping is left
-        stops: list[LifeAction] = list(self.sidecars.next_stop(self.config.stop_signal))
+        stops: list[LifeAction] = list(self.sidecars.next_stop())
         if stops or self.sidecars.any_running:
             return stops
         # The last sidecar is gone: whatever the sidecars left behind gets the

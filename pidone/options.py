@@ -29,7 +29,9 @@ from pidone.config import (
     parse_remap,
     parse_shutdown_signal,
     parse_sidecar,
+    parse_sidecar_duration,
     parse_sidecar_ready,
+    parse_sidecar_signal,
     parse_signal,
     parse_status_addr,
 )
@@ -50,6 +52,8 @@ Kind = Literal[
     "flag",  # no value on the command line; true/false elsewhere
     "sidecar",  # NAME=COMMAND
     "sidecar-ready",  # NAME=TARGET, a probe target
+    "sidecar-signal",  # NAME=SIGNAL
+    "sidecar-duration",  # NAME=SECONDS
 ]
 # Kinds a config file may give as TOML numbers (all others take strings).
 NUMERIC_KINDS: frozenset[Kind] = frozenset(
@@ -70,6 +74,8 @@ _PARSERS: dict[Kind, Callable[[str], object]] = {
     "flag": parse_bool,
     "sidecar": parse_sidecar,
     "sidecar-ready": parse_sidecar_ready,
+    "sidecar-signal": parse_sidecar_signal,
+    "sidecar-duration": parse_sidecar_duration,
 }
 
 
@@ -301,6 +307,27 @@ OPTIONS: tuple[Option, ...] = (
         "NAME=TARGET",
         "The sidecar is ready once this passes: http(s)://, tcp:// or exec: as for "
         "probes. The next process starts only then (repeatable).",
+        multiple=True,
+    ),
+    Option(
+        "sidecar-stop-signal",
+        "sidecar-signal",
+        "NAME=SIGNAL",
+        "The signal that stops that sidecar (repeatable)  [default: TERM]",
+        multiple=True,
+    ),
+    Option(
+        "sidecar-restart-delay",
+        "sidecar-duration",
+        "NAME=SECONDS",
+        "That sidecar's first restart delay (repeatable)  [default: --restart-delay]",
+        multiple=True,
+    ),
+    Option(
+        "sidecar-restart-delay-max",
+        "sidecar-duration",
+        "NAME=SECONDS",
+        "That sidecar's longest restart delay (repeatable)  [default: --restart-delay-max]",
         multiple=True,
     ),
     Option(

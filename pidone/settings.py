@@ -298,6 +298,9 @@ def build_config(values: Mapping[str, object], argv: Sequence[str]) -> Config:
         sidecars=build_sidecars(
             cast("tuple[tuple[str, ExecDrain], ...]", _many(values, "sidecar")),
             cast("tuple[tuple[str, Check], ...]", _many(values, "sidecar_ready")),
+            cast("tuple[tuple[str, int], ...]", _many(values, "sidecar_stop_signal")),
+            cast("tuple[tuple[str, float], ...]", _many(values, "sidecar_restart_delay")),
+            cast("tuple[tuple[str, float], ...]", _many(values, "sidecar_restart_delay_max")),
         ),
         sidecar_ready_timeout=cast("float", values["sidecar_ready_timeout"]),
     )

@@ -55,8 +55,14 @@ class Sidecars:
         self.config = config
         self.states = [SidecarState() for _ in config.sidecars]
         self._backoffs = [
-            Backoff(config.restart_delay, config.restart_delay_max, config.restart_reset)
-            for _ in config.sidecars
+            Backoff(
+                config.restart_delay if spec.restart_delay is None else spec.restart_delay,
+                config.restart_delay_max
+                if spec.restart_delay_max is None
+                else spec.restart_delay_max,
+                config.restart_reset,
+            )
+            for spec in config.sidecars
         ]
 
     def __len__(self) -> int:
@@ -129,7 +135,7 @@ class Sidecars:
 
     # -- the stop -------------------------------------------------------------------
 
-    def next_stop(self, signum: int) -> list[StopSidecar]:
+    def next_stop(self) -> list[StopSidecar]:
         """Reverse order: the last one running gets its signal once the later ones are gone."""
         for state in self.states:
             state.restart_at = None  # nothing is restarted once the stop began
@@ -141,4 +147,4 @@ class Sidecars:
         if self.states[last].stopping:
             return []  # still waiting for it to exit
         self.states[last].stopping = True
-        return [StopSidecar(last, signum)]
+        return [StopSidecar(last, self.config.sidecars[last].stop_signal)]

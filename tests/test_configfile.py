@@ -467,7 +467,8 @@ def test_the_example_file_is_valid_and_covers_every_option(tmp_path):
     lines = []
     for line in example.read_text().splitlines():
         uncommented = line.removeprefix("# ")
-        settable = uncommented.startswith("[probes.") or " = " in uncommented.split("#")[0]
+        table = uncommented.startswith(("[probes.", "[sidecars."))
+        settable = table or " = " in uncommented.split("#")[0]
         lines.append(uncommented if settable and not uncommented.startswith(" ") else line)
     everything = write(tmp_path, "\n".join(lines) + "\n")
     loaded = configfile.read(everything)

@@ -39,6 +39,8 @@ GOOD: dict[Kind, list[str]] = {
     "flag": ["true"],
     "sidecar": ["a=sleep 9", "b=true", "c-1='x y'"],
     "sidecar-ready": ["a=tcp://127.0.0.1:80", "b=exec:true", "c-1=http://h/ready"],
+    "sidecar-signal": ["a=QUIT", "b=int", "c-1=15"],
+    "sidecar-duration": ["a=2", "b=0.5", "c-1=0"],
 }
 # Texts each kind refuses (the resolver steps aside; click must refuse them too).
 BAD: dict[Kind, list[str]] = {
@@ -57,6 +59,8 @@ BAD: dict[Kind, list[str]] = {
     "choice": ["bogus", ""],
     "sidecar": ["A=x", "a", "a=", "a b=x", "=x"],
     "sidecar-ready": ["Nope=tcp://h:1", "a=udp://h:1", "a"],
+    "sidecar-signal": ["a=KILL", "a=", "a=nope"],
+    "sidecar-duration": ["a=-1", "a=1_0", "a"],
 }
 ENV_FLAG = ["true", "false", "1", "0", "yes", "off", "ON"]
 
@@ -91,7 +95,7 @@ def placed(draw: st.DrawFn, opt: Option, bad: bool) -> Where:
         pool = ENV_FLAG
     count = draw(st.integers(1, 3)) if opt.multiple else 1
     # A sidecar's name is given once (a rule between values, not of one value).
-    unique = opt.kind in ("sidecar", "sidecar-ready") and not bad
+    unique = opt.kind.startswith("sidecar") and not bad
     texts = draw(st.lists(st.sampled_from(pool), min_size=count, max_size=count, unique=unique))
     return where, opt, texts
 
@@ -104,7 +108,8 @@ def inputs(draw: st.DrawFn, bad_rate: int) -> list[Where]:
         draw(placed(opt, bad=bool(bad_rate) and draw(st.integers(1, bad_rate)) == 1))
         for opt in chosen
     ]
-    if any(opt.name == "sidecar-ready" for _, opt, _ in placements):  # names a sidecar
+    names_one = [opt for _, opt, _ in placements if opt.kind.startswith("sidecar-")]
+    if names_one:  # each NAME=VALUE option names a sidecar
         placements = [p for p in placements if p[1].name != "sidecar"]
         placements.append(
             ("flag", next(o for o in OPTIONS if o.name == "sidecar"), GOOD["sidecar"])
