@@ -497,3 +497,40 @@ def test_config_dev_zero_is_one_line_exit_2_and_nothing_starts(tmp_path):
     assert done.returncode == 2
     assert done.stderr == "pidone: error: /dev/zero: config file is larger than 1 MiB\n"
     assert not marker.exists()
+
+
+def test_sidecar_tables_become_the_sidecar_options_in_file_order(tmp_path):
+    """[sidecars.NAME] tables: the file's order is the start order; numbers are allowed."""
+    path = write(
+        tmp_path,
+        "[sidecars.proxy]\n"
+        "command = \"nginx -g 'daemon off;'\"\n"
+        'ready = "tcp://127.0.0.1:8080"\n'
+        "stop-signal = 3\n"
+        "restart-delay = 2\n"
+        "[sidecars.logs]\n"
+        'command = "fluent-bit"\n',
+    )
+    config = both(["--config", path, "app"])
+    assert [(s.name, s.argv[0]) for s in config.sidecars] == [
+        ("proxy", "nginx"),
+        ("logs", "fluent-bit"),
+    ]
+    proxy = config.sidecars[0]
+    assert (proxy.stop_signal, proxy.restart_delay) == (signal.SIGQUIT, 2.0)
+    assert proxy.ready is not None
+
+
+@pytest.mark.parametrize(
+    ("text", "complaint"),
+    [
+        ('[sidecars.proxy]\nready = "tcp://h:1"\n', "needs a command"),
+        ('[sidecars.proxy]\ncommand = "x"\nwhen = 1\n', "when"),
+        ('[sidecars.Proxy]\ncommand = "x"\n', "Proxy"),
+        ('sidecar = ["proxy=x"]\n[sidecars.proxy]\ncommand = "y"\n', "again"),
+    ],
+)
+def test_bad_sidecar_tables_are_refused_in_one_line(tmp_path, text, complaint):
+    loaded = configfile.read(write(tmp_path, text))
+    assert len(loaded.errors) == 1
+    assert complaint in loaded.errors[0]

@@ -108,3 +108,99 @@ def test_exit_code_is_remapped_at_the_end():
     lf = life(remap_exit=((143, 0),))
     lf.on_exit(1.0, 143, TERM)
     assert lf.exit_code() == 0
+
+
+# -- sidecars -------------------------------------------------------------------------
+
+
+def with_sidecars(**kw: object) -> Life:
+    from pidone.config import Sidecar
+
+    sidecars = (Sidecar("a", ("a",), ExecDrain(("true",))), Sidecar("b", ("b",)))
+    return life(sidecars=sidecars, **kw)
+
+
+def test_each_sidecar_gates_the_next_start_and_the_app_comes_last():
+    from pidone.sidecars import StartSidecar
+
+    lf = with_sidecars()
+    assert lf.first() == StartSidecar(0)
+    assert lf.on_sidecar_started(0.0, 0) == []  # a has a ready check: wait for it
+    assert lf.on_sidecar_ready(0) == [StartSidecar(1)]
+    assert lf.on_sidecar_started(0.1, 1) == [StartApp()]  # b has none: running is enough
+    assert lf.stage == "app"
+    assert lf.shutdown.drain_count == 0
+
+
+def test_sidecars_stop_after_the_app_in_reverse_order_inside_the_grace():
+    from pidone.sidecars import StopSidecar
+
+    lf = with_sidecars(grace=10.0)
+    lf.on_sidecar_started(0.0, 0)
+    lf.on_sidecar_ready(0)
+    lf.on_sidecar_started(0.0, 1)
+    lf.on_shutdown_signal(1.0, TERM)
+    lf.on_exit(2.0, 0, None)
+    assert lf.on_nothing_left(2.0) == [Finish()]
+    assert lf.on_run_over(2.0, oom=False) == [StopSidecar(1, TERM)]
+    assert lf.next_deadline() == 11.0  # the one grace, from the signal
+    assert lf.on_sidecar_exit(2.5, 1, 0) == [StopSidecar(0, TERM)]
+    assert lf.on_sidecar_exit(3.0, 0, 0) == [SignalRest(TERM)]
+    assert lf.on_nothing_left(3.0) == [Exit()]
+    assert (lf.reason(), lf.exit_code()) == ("Completed", 0)
+
+
+def test_sidecars_left_at_the_deadline_are_killed_and_the_reason_says_so():
+    from pidone.lifecycle import KillAll
+
+    lf = with_sidecars(grace=5.0)
+    lf.on_sidecar_started(0.0, 0)
+    lf.on_sidecar_ready(0)
+    lf.on_sidecar_started(0.0, 1)
+    lf.on_shutdown_signal(1.0, TERM)
+    lf.on_exit(1.5, 0, None)
+    lf.on_nothing_left(1.5)
+    lf.on_run_over(1.5, oom=False)
+    assert lf.on_deadline(6.0) == [KillAll()]
+    lf.on_killed(2)
+    assert lf.on_sidecar_exit(6.1, 1, 137) == []
+    assert lf.on_sidecar_exit(6.1, 0, 137) == []
+    assert lf.on_nothing_left(6.1) == [Exit()]
+    assert (lf.reason(), lf.exit_code()) == ("Killed", 0)  # the app's code
+
+
+def test_a_sidecar_exiting_while_the_app_runs_is_restarted_with_backoff():
+    from pidone.sidecars import RestartSidecarLater, StartSidecar
+
+    lf = with_sidecars(restart_delay=1.0)
+    lf.on_sidecar_started(0.0, 0)
+    lf.on_sidecar_ready(0)
+    lf.on_sidecar_started(0.0, 1)
+    assert lf.on_sidecar_exit(5.0, 1, 1) == [RestartSidecarLater(1, 1.0)]
+    assert lf.next_deadline() == 6.0
+    assert lf.on_deadline(6.0) == [StartSidecar(1)]
+    assert lf.stage == "app"  # the app was never touched
+
+
+def test_a_sidecar_failing_before_the_app_starts_stops_the_others_and_is_the_reason():
+    from pidone.sidecars import StopSidecar
+
+    lf = with_sidecars(grace=4.0)
+    lf.on_sidecar_started(0.0, 0)
+    lf.on_sidecar_ready(0)
+    lf.on_sidecar_started(0.1, 1)
+    lf.stage = "sidecars"  # as if b were gated too and still not ready
+    assert lf.on_sidecar_exit(0.2, 1, 3) == [StopSidecar(0, TERM)]
+    assert lf.next_deadline() == 4.2
+    assert (lf.reason(), lf.exit_code()) == ("SidecarFailed", 3)
+
+
+def test_a_sidecar_never_ready_within_its_bound_fails_the_start_with_code_1():
+    from pidone.sidecars import StopSidecar
+
+    lf = with_sidecars(sidecar_ready_timeout=2.0)
+    lf.on_sidecar_started(0.0, 0)
+    assert lf.next_deadline() == 2.0
+    assert lf.on_deadline(1.9) == []
+    assert lf.on_deadline(2.0) == [StopSidecar(0, TERM)]
+    assert (lf.reason(), lf.exit_code()) == ("SidecarFailed", 1)

@@ -6,13 +6,14 @@ monotonic clock), not from pidone's log alone.
 
 from __future__ import annotations
 
+import json
 import shlex
 import signal
 import time
 from pathlib import Path
 
 import pytest
-from harness import app, pidone_cli, wait_until
+from harness import app, free_port, http_get, pidone_cli, wait_until
 
 pytestmark = pytest.mark.timeout(40)
 TOL = 0.6
@@ -173,3 +174,26 @@ def test_bad_sidecar_settings_are_one_line_and_exit_2(args, quoted):
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1
     assert quoted in result.stderr
+
+
+def test_readyz_needs_every_sidecar_running_and_ready_and_status_lists_them(run, tmp_path):
+    rec = tmp_path / "rec"
+    port = free_port()
+    opts = [
+        "--status-addr", f"127.0.0.1:{port}",
+        "--restart-delay", "30",
+        "--sidecar", sidecar("a", rec, "--ready-after", "0", "--crash-after", "3"),
+        "--sidecar-ready", ready_check("a", rec),
+    ]  # fmt: skip
+    p = run(opts, app("recorder"))
+    p.ready()
+    assert http_get(port, "/readyz")[0] == 200  # a is ready for its first seconds
+    p.err.wait_for('"sidecar_restart_scheduled"')
+    assert http_get(port, "/readyz")[0] == 503
+    assert http_get(port, "/livez")[0] == 200  # a sidecar down is not the app down
+    status = json.loads(http_get(port, "/status")[1])
+    [side] = status["sidecars"]
+    assert (side["name"], side["state"], side["ready"]) == ("a", "exited", False)
+    assert side["last_exit"]["exit_code"] == 3
+    p.kill(signal.SIGTERM)
+    assert p.wait() == 0
