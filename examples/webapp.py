@@ -95,6 +95,10 @@ class DrainableHTTPServer(ThreadingHTTPServer):
 
     daemon_threads = False  # request threads are joined in server_close()
     block_on_close = True
+    # socketserver's default backlog is 5: a burst of new connections overflows it, the kernel
+    # drops their SYNs, and a client that retransmits after the listener closed is refused
+    # (``pidone rehearse`` with 8 connections found this).
+    request_queue_size = 128
 
     def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
         super().__init__(address, handler)
