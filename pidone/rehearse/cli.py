@@ -58,6 +58,10 @@ Rehearsal options (before any pidone option):
   --expect-exit CODE        Exit code of pidone that passes (repeatable).
                             [default: 0 and 128 + the stop signal]
   --strict                  idle_closed requests fail the rehearsal too.
+  --mode auto|pid1|subreaper
+                            pidone as PID 1 of a new PID namespace (needs
+                            root and unshare) or as a subreaper child.
+                            [default: auto: pid1 when possible]
   --report FILE.json        Write the machine-readable report here.
   --svg FILE.svg            Draw the requests over time and pidone's phases.
   -h, --help                Show this message and exit.
@@ -86,6 +90,7 @@ class Options:
     signal: str | None = None
     expect_exit: list[int] = field(default_factory=list)
     strict: bool = False
+    mode: str = "auto"
     report: str | None = None
     svg: str | None = None
     pidone_args: list[str] = field(default_factory=list)  # pidone options, then --, then COMMAND
@@ -165,6 +170,7 @@ _SETTERS: dict[str, Callable[[Options, str], None]] = {
     "--timeout": lambda o, v: setattr(o, "timeout", _seconds(v, positive=True)),
     "--signal": lambda o, v: setattr(o, "signal", v),
     "--expect-exit": _append_exit,
+    "--mode": lambda o, v: setattr(o, "mode", _mode(v)),
     "--report": lambda o, v: setattr(o, "report", v),
     "--svg": lambda o, v: setattr(o, "svg", v),
 }
@@ -190,3 +196,9 @@ def _exit_code(text: str) -> int:
     if not text.isdigit() or int(text) > 255:
         raise ValueError("must be an exit code from 0 to 255")
     return int(text)
+
+
+def _mode(text: str) -> str:
+    if text not in ("auto", "pid1", "subreaper"):
+        raise ValueError("must be auto, pid1 or subreaper")
+    return text

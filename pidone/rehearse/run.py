@@ -202,7 +202,9 @@ class Rehearsal:
             ready = parse_target(f"GET http://{host}:{port}/readyz")
             ready_via = "pidone"
         self.ready = ready or opts.loads[0]
-        self.mode = "pid1" if can_be_pid1() else "subreaper"
+        self.mode = opts.mode if opts.mode != "auto" else "pid1" if can_be_pid1() else "subreaper"
+        if self.mode == "pid1" and not can_be_pid1():
+            raise UsageError("--mode pid1 needs root and unshare")
         argv = [sys.executable, "-m", "pidone", *pidone_opts, *extra, "--", *command]
         if self.mode == "pid1":
             argv = ["unshare", "--pid", "--fork", "--mount-proc", *argv]
@@ -405,7 +407,9 @@ class Rehearsal:
         term = out.terminated
         assert self.proc is not None
         code = self.proc.returncode
-        if term is not None and isinstance(term.get("exit_code"), int) and not out.timed_out:
+        if out.timed_out:
+            out.exit_code = 128 + signal.SIGKILL  # what the runtime reports (unshare says 1)
+        elif term is not None and isinstance(term.get("exit_code"), int):
             out.exit_code = int(term["exit_code"])
         elif code is not None:
             out.exit_code = code if code >= 0 else 128 - code
