@@ -126,7 +126,10 @@ def test_naive_app_that_exits_at_once_fails_with_lost_requests(tmp_path: Path) -
 
 
 def test_app_ignoring_sigterm_fails_with_reason_killed(tmp_path: Path) -> None:
-    """pidone SIGKILLs the app at its grace deadline: reason Killed, exit 137, fail."""
+    """pidone SIGKILLs the app at its grace deadline: reason Killed, exit 137, fail.
+
+    The grace comes from PIDONE_GRACE: the environment means what it means in production.
+    """
     port = free_port()
     report = tmp_path / "report.json"
     done = rehearse(
@@ -136,12 +139,10 @@ def test_app_ignoring_sigterm_fails_with_reason_killed(tmp_path: Path) -> None:
         "0.5",
         "--report",
         str(report),
-        "--grace",
-        "1",
         "--",
         PY,
         str(EXAMPLES / "stubborn_app.py"),
-        env={"PORT": str(port)},
+        env={"PORT": str(port), "PIDONE_GRACE": "1"},  # pidone's own variables apply too
     )
     assert done.returncode == 1, done.stdout + done.stderr
     data = json.loads(report.read_text())
@@ -151,6 +152,7 @@ def test_app_ignoring_sigterm_fails_with_reason_killed(tmp_path: Path) -> None:
     assert any("SIGKILL" in failure for failure in data["failures"]), data["failures"]
     assert any("137" in failure for failure in data["failures"]), data["failures"]
     assert [p["phase"] for p in data["phases"]][-1] == "killing"
+    assert 1.0 <= data["stop_s"] < 3.0
 
 
 def test_pidone_outliving_the_runtime_timeout_is_killed_and_fails(
@@ -607,6 +609,18 @@ def test_refused_connections_are_counted_and_paced() -> None:
     refused = gen.records.kind.count(CLASSES.index("refused"))
     assert refused == len(gen.records)
     assert 2 <= refused <= 2 * (0.3 / 0.05 + 2)
+
+
+def test_rate_spreads_requests_over_time(server: Any) -> None:
+    """--rate 50 over 4 connections: about 50 requests a second in total, not more."""
+    srv = server(lambda _n, _head: OK_REPLY)
+    gen = LoadGenerator([parse_target(f"GET http://127.0.0.1:{srv.port}/")], 4, rate=50)
+    started = time.monotonic()
+    counts = drive(gen, lambda: len(gen.records) >= 20)
+    elapsed = time.monotonic() - started
+    assert counts["ok"] == len(gen.records)
+    # 20 requests at 50/s take at least 19 intervals of 20 ms.
+    assert elapsed >= 19 / 50
 
 
 def test_no_new_connection_after_deregistration(server: Any) -> None:

@@ -18,7 +18,8 @@ from pidone.rehearse.verdict import Marker
 
 WIDTH = 960
 PLOT_LEFT, PLOT_RIGHT = 70, 24
-PLOT_TOP, PLOT_HEIGHT = 78, 250
+PLOT_TOP, PLOT_HEIGHT = 104, 250
+STRIP_TOP = 80  # a row of ticks marking every bucket with a request that was not ok
 STACK = ("ok", "idle_closed", "error_status", "refused", "lost")
 COLORS = {
     "ok": "#6cbf6c",
@@ -40,33 +41,48 @@ MARKER_COLORS = {
     "deadline": "#888888",
     "timeout": "#888888",
 }
+WORST_FIRST = ("lost", "refused", "error_status", "idle_closed")
 DASHED = {"deregistered", "pre_stop_end", "deadline", "timeout"}
 
 
+class Chart:
+    """The scales of one picture: time on x (seconds from the signal), requests/s on y."""
+
+    def __init__(self, report: dict[str, Any]) -> None:
+        timeline = report["timeline"]
+        self.start = float(timeline["start_s"])
+        self.width_s = float(timeline["width_s"])
+        self.counts: dict[str, list[int]] = timeline["counts"]
+        self.n = max((len(v) for v in self.counts.values()), default=0)
+        x_max = self.start + self.n * self.width_s
+        stop = report.get("stop_s")
+        if isinstance(stop, (int, float)):
+            x_max = max(x_max, float(stop) + self.width_s)
+        x_max = max(x_max, self.start + self.width_s, 0.1)
+        self.x_max = x_max + (x_max - self.start) * 0.04  # room for the markers at the end
+        self.plot_w = WIDTH - PLOT_LEFT - PLOT_RIGHT
+        self.bar_w = max(self.plot_w * self.width_s / (self.x_max - self.start) - 0.5, 0.5)
+        peak = max((self.total(i) / self.width_s for i in range(self.n)), default=0.0)
+        self.y_max = _axis_max(peak)
+
+    def count(self, cls: str, i: int) -> int:
+        values = self.counts.get(cls, [])
+        return values[i] if i < len(values) else 0
+
+    def total(self, i: int) -> int:
+        return sum(self.count(c, i) for c in CLASSES)
+
+    def x(self, t: float) -> float:
+        clamped = min(max(t, self.start), self.x_max)
+        return PLOT_LEFT + (clamped - self.start) / (self.x_max - self.start) * self.plot_w
+
+    def y(self, rate: float) -> float:
+        return PLOT_TOP + PLOT_HEIGHT - rate / self.y_max * PLOT_HEIGHT
+
+
 def render(report: dict[str, Any], markers: list[Marker]) -> str:
-    timeline = report["timeline"]
-    start = float(timeline["start_s"])
-    width_s = float(timeline["width_s"])
-    counts: dict[str, list[int]] = timeline["counts"]
-    n = max((len(v) for v in counts.values()), default=0)
-    stop = report.get("stop_s")
-    x_max = start + n * width_s
-    if isinstance(stop, (int, float)):
-        x_max = max(x_max, float(stop) + width_s)
-    x_max = max(x_max, start + width_s, 0.1)
-    x_max += (x_max - start) * 0.04  # room for the markers at pidone's exit
-    plot_w = WIDTH - PLOT_LEFT - PLOT_RIGHT
-
-    def x(t: float) -> float:
-        return PLOT_LEFT + (min(max(t, start), x_max) - start) / (x_max - start) * plot_w
-
-    totals = [sum(counts[c][i] for c in CLASSES if i < len(counts[c])) for i in range(n)]
-    peak = max((t / width_s for t in totals), default=0.0)
-    y_max = _axis_max(peak)
-
-    def y(rate: float) -> float:
-        return PLOT_TOP + PLOT_HEIGHT - rate / y_max * PLOT_HEIGHT
-
+    chart = Chart(report)
+    markers = [m for m in markers if m.name != "phase"]  # the moments inside them are marked
     legend_top = PLOT_TOP + PLOT_HEIGHT + 64
     height = legend_top + 20 * ((len(markers) + 1) // 2) + 20
     out: list[str] = [
@@ -78,63 +94,102 @@ def render(report: dict[str, Any], markers: list[Marker]) -> str:
         f'<rect width="{WIDTH}" height="{height}" fill="#ffffff"/>',
     ]
     out.extend(_heading(report))
-    # Axes and grid
+    out.extend(_axes(chart))
+    out.extend(_bars(chart))
+    out.extend(_problem_strip(chart))
+    out.append(
+        f'<rect x="{PLOT_LEFT}" y="{PLOT_TOP}" width="{chart.plot_w}" height="{PLOT_HEIGHT}" '
+        'fill="none" stroke="#555"/>'
+    )
+    out.extend(_markers(markers, chart, legend_top))
+    out.extend(_class_legend(report))
+    out.append("</svg>")
+    return "\n".join(out) + "\n"
+
+
+def _axes(chart: Chart) -> list[str]:
+    out: list[str] = []
     for i in range(5):
-        rate = y_max * i / 4
-        yy = y(rate)
+        rate = chart.y_max * i / 4
+        yy = chart.y(rate)
         out.append(
             f'<line x1="{PLOT_LEFT}" y1="{yy:.1f}" x2="{WIDTH - PLOT_RIGHT}" y2="{yy:.1f}" '
             'stroke="#e5e5e5"/>'
         )
         out.append(f'<text x="{PLOT_LEFT - 6}" y="{yy + 4:.1f}" text-anchor="end">{rate:g}</text>')
+    middle = PLOT_TOP + PLOT_HEIGHT / 2
     out.append(
-        f'<text x="16" y="{PLOT_TOP + PLOT_HEIGHT / 2:.0f}" text-anchor="middle" '
-        f'transform="rotate(-90 16 {PLOT_TOP + PLOT_HEIGHT / 2:.0f})">requests/s</text>'
+        f'<text x="16" y="{middle:.0f}" text-anchor="middle" '
+        f'transform="rotate(-90 16 {middle:.0f})">requests/s</text>'
     )
-    step = _axis_step(x_max - start)
-    tick = step * int(start / step)
-    while tick <= x_max + 1e-9:
-        if tick >= start - 1e-9:
-            xx = x(tick)
+    bottom = PLOT_TOP + PLOT_HEIGHT
+    step = _axis_step(chart.x_max - chart.start)
+    tick = step * int(chart.start / step)
+    while tick <= chart.x_max + 1e-9:
+        if tick >= chart.start - 1e-9:
+            xx = chart.x(tick)
             out.append(
-                f'<line x1="{xx:.1f}" y1="{PLOT_TOP + PLOT_HEIGHT}" x2="{xx:.1f}" '
-                f'y2="{PLOT_TOP + PLOT_HEIGHT + 4}" stroke="#555"/>'
+                f'<line x1="{xx:.1f}" y1="{bottom}" x2="{xx:.1f}" y2="{bottom + 4}" stroke="#555"/>'
             )
             out.append(
-                f'<text x="{xx:.1f}" y="{PLOT_TOP + PLOT_HEIGHT + 17}" '
-                f'text-anchor="middle">{round(tick, 6):+g}</text>'
+                f'<text x="{xx:.1f}" y="{bottom + 17}" text-anchor="middle">'
+                f"{round(tick, 6):+g}</text>"
             )
         tick = round(tick + step, 9)
     out.append(
-        f'<text x="{PLOT_LEFT + plot_w / 2:.0f}" y="{PLOT_TOP + PLOT_HEIGHT + 34}" '
+        f'<text x="{PLOT_LEFT + chart.plot_w / 2:.0f}" y="{bottom + 34}" '
         'text-anchor="middle">seconds from the shutdown signal (bars: requests by the moment '
         "they ended)</text>"
     )
-    # Bars
-    out.append('<g class="bars">')
-    bar_w = max(plot_w * width_s / (x_max - start) - 0.5, 0.5)
-    for i in range(n):
+    return out
+
+
+def _bars(chart: Chart) -> list[str]:
+    out = ['<g class="bars">']
+    for i in range(chart.n):
         base = 0.0
-        left = x(start + i * width_s)
+        left = chart.x(chart.start + i * chart.width_s)
         for cls in STACK:
-            value = counts.get(cls, [])[i] / width_s if i < len(counts.get(cls, [])) else 0.0
+            value = chart.count(cls, i) / chart.width_s
             if value <= 0:
                 continue
-            top, bottom = y(base + value), y(base)
+            top, bottom = chart.y(base + value), chart.y(base)
             out.append(
-                f'<rect class="{cls}" x="{left:.2f}" y="{top:.2f}" width="{bar_w:.2f}" '
+                f'<rect class="{cls}" x="{left:.2f}" y="{top:.2f}" width="{chart.bar_w:.2f}" '
                 f'height="{max(bottom - top, 0.5):.2f}" fill="{COLORS[cls]}"/>'
             )
             base += value
     out.append("</g>")
-    out.append(
-        f'<rect x="{PLOT_LEFT}" y="{PLOT_TOP}" width="{plot_w}" height="{PLOT_HEIGHT}" '
-        'fill="none" stroke="#555"/>'
-    )
-    out.extend(_markers(markers, x, x_max, legend_top))
-    out.extend(_class_legend(report))
-    out.append("</svg>")
-    return "\n".join(out) + "\n"
+    return out
+
+
+def _problem_strip(chart: Chart) -> list[str]:
+    """A few lost requests among thousands are invisible as bars: mark their buckets here."""
+    parts = [
+        '<g class="problems">',
+        (
+            f'<text x="{PLOT_LEFT - 6}" y="{STRIP_TOP + 11}" text-anchor="end" font-size="10">'
+            "not ok</text>"
+        ),
+        (
+            f'<rect x="{PLOT_LEFT}" y="{STRIP_TOP}" width="{chart.plot_w}" '
+            'height="14" fill="#f6f6f6"/>'
+        ),
+    ]
+    for i in range(chart.n):
+        found = {c: chart.count(c, i) for c in WORST_FIRST if chart.count(c, i)}
+        if not found:
+            continue
+        worst = next(iter(found))
+        what = ", ".join(f"{v} {c}" for c, v in found.items())
+        t = chart.start + i * chart.width_s
+        parts.append(
+            f'<rect class="problem {worst}" x="{chart.x(t):.2f}" y="{STRIP_TOP}" '
+            f'width="{max(chart.bar_w, 3):.2f}" height="14" fill="{COLORS[worst]}">'
+            f"<title>{t:+.2f}s: {escape(what)}</title></rect>"
+        )
+    parts.append("</g>")
+    return parts
 
 
 def _heading(report: dict[str, Any]) -> list[str]:
@@ -169,14 +224,14 @@ def _class_legend(report: dict[str, Any]) -> list[str]:
     return parts
 
 
-def _markers(markers: list[Marker], x: Any, x_max: float, legend_top: int) -> list[str]:
+def _markers(markers: list[Marker], chart: Chart, legend_top: int) -> list[str]:
     parts: list[str] = []
     column = (WIDTH - PLOT_LEFT - PLOT_RIGHT) / 2
     lanes: list[float] = []  # x of the last number badge drawn in each lane
     for number, mark in enumerate(markers, start=1):
         color = MARKER_COLORS.get(mark.name, "#333333")
-        off_chart = mark.t > x_max
-        xx = x(mark.t)
+        off_chart = mark.t > chart.x_max
+        xx = chart.x(mark.t)
         dash = ' stroke-dasharray="5,4"' if mark.name in DASHED or off_chart else ""
         lane = next((i for i, last in enumerate(lanes) if xx - last >= 18), len(lanes))
         if lane == len(lanes):

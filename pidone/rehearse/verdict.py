@@ -147,11 +147,12 @@ def _pidone_markers(out: Outcome) -> list[Marker]:
     the signal's arrival); the moments it does not summarise, from its log lines' stamps."""
     found: list[Marker] = []
     term = out.terminated or {}
-    found.extend(
-        Marker("killing", float(phase["start_s"]), "grace over: SIGKILL")
-        for phase in term.get("phases") or []
-        if phase.get("phase") == "killing"
-    )
+    for phase in term.get("phases") or []:
+        name, begin = str(phase.get("phase")), float(phase.get("start_s", 0.0))
+        took = float(phase.get("duration_s", 0.0))
+        found.append(Marker("phase", begin, f"pidone phase {name} ({took:.3f}s)"))
+        if name == "killing":
+            found.append(Marker("killing", begin, "grace over: SIGKILL"))
     for drain in term.get("drains") or []:
         begin = float(drain.get("start_s", 0.0))
         found.append(Marker("drain_started", begin, f"drain: {drain.get('step')}"))
