@@ -165,7 +165,20 @@ def check(pidone_args: list[str], env: dict[str, str]) -> Settings:
 
 
 def can_be_pid1() -> bool:
-    return os.geteuid() == 0 and shutil.which("unshare") is not None
+    """Root, unshare, and the right to use it (a container without CAP_SYS_ADMIN has not)."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        return False
+    try:
+        done = subprocess.run(
+            ["unshare", "--pid", "--fork", "--mount-proc", "true"],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0
 
 
 def free_port() -> int:
@@ -202,9 +215,10 @@ class Rehearsal:
             ready = parse_target(f"GET http://{host}:{port}/readyz")
             ready_via = "pidone"
         self.ready = ready or opts.loads[0]
-        self.mode = opts.mode if opts.mode != "auto" else "pid1" if can_be_pid1() else "subreaper"
-        if self.mode == "pid1" and not can_be_pid1():
-            raise UsageError("--mode pid1 needs root and unshare")
+        possible = can_be_pid1() if opts.mode != "subreaper" else False
+        self.mode = opts.mode if opts.mode != "auto" else "pid1" if possible else "subreaper"
+        if self.mode == "pid1" and not possible:
+            raise UsageError("--mode pid1 needs root and a working unshare --pid")
         argv = [sys.executable, "-m", "pidone", *pidone_opts, *extra, "--", *command]
         if self.mode == "pid1":
             argv = ["unshare", "--pid", "--fork", "--mount-proc", *argv]

@@ -164,13 +164,13 @@ def _pidone_markers(out: Outcome) -> list[Marker]:
             )
         )
     for _, event in out.events:
-        name = event.get("event")
+        kind = event.get("event")
         at = out.when(event)
         if at is None or at < -0.5:
             continue
-        if name == "stop_signal_sent":
+        if kind == "stop_signal_sent":
             found.append(Marker("stop_signal", at, f"{event.get('signal')} to the app"))
-        elif name == "app_exited":
+        elif kind == "app_exited":
             code = event.get("exit_code", event.get("signal"))
             found.append(Marker("app_exit", at, f"app exited ({code})"))
     return found
