@@ -219,6 +219,84 @@ def test_app_never_ready_fails_and_is_still_stopped(tmp_path: Path) -> None:
     assert "starting forever" in done.stdout  # the app's last words help find out why
 
 
+def test_app_exiting_during_warmup_fails(tmp_path: Path) -> None:
+    """The app dies under load before any shutdown: pidone exited early, fail."""
+    port = free_port()
+    report = tmp_path / "report.json"
+    code = (
+        "import http.server, os, threading, time\n"
+        "srv = http.server.ThreadingHTTPServer(('127.0.0.1', int(os.environ['PORT'])),"
+        " http.server.SimpleHTTPRequestHandler)\n"
+        "threading.Thread(target=srv.serve_forever, daemon=True).start()\n"
+        "time.sleep(0.6)\n"
+        "os._exit(3)\n"
+    )
+    done = rehearse(
+        "--load",
+        f"http://127.0.0.1:{port}/",
+        "--warmup",
+        "5",
+        "--report",
+        str(report),
+        "--",
+        PY,
+        "-c",
+        code,
+        env={"PORT": str(port)},
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    data = json.loads(report.read_text())
+    assert data["failures"][0].startswith("pidone exited before the shutdown signal")
+    assert data["reason"] == "Error"
+    assert data["exit_code"] == 3
+    assert "exited on its own" in done.stdout
+
+
+def test_rehearsal_stopped_by_sigterm_leaves_nothing_running(mode: str) -> None:
+    """A cancelled CI job: the rehearsal is SIGTERMed mid-warmup and takes pidone with it."""
+    port = free_port()
+    marker = f"cancelled-{port}"
+    proc = subprocess.Popen(
+        [
+            PY,
+            "-m",
+            "pidone",
+            "rehearse",
+            "--load",
+            f"http://127.0.0.1:{port}/",
+            "--warmup",
+            "30",
+            "--mode",
+            mode,
+            "--",
+            PY,
+            str(EXAMPLES / "stubborn_app.py"),
+            marker,
+        ],
+        env={**CLEAN_ENV, "PORT": str(port)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:  # under load: the app answers
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, "the app never listened"
+                assert proc.poll() is None, proc.communicate()
+                time.sleep(0.05)
+        proc.send_signal(15)
+        assert proc.wait(20) == 143
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    leftovers = subprocess.run(["pgrep", "-f", marker], capture_output=True, check=False)
+    assert leftovers.returncode == 1, leftovers.stdout
+
+
 def test_readiness_comes_from_pidone_when_it_has_a_readiness_probe(tmp_path: Path) -> None:
     """With a readiness probe, the rehearsal waits for pidone's /readyz, not the load URL."""
     port = free_port()

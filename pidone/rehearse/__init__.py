@@ -36,6 +36,18 @@ def main(argv: Sequence[str]) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
+    except SystemExit as exc:  # SIGTERM, from _stop_on_sigterm
+        return int(exc.code or 0)
+
+
+def _stop_on_sigterm() -> None:
+    """A cancelled CI job SIGTERMs the rehearsal: unwind, so that pidone is killed too."""
+    import signal
+
+    def stop(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
 
 
 def _rehearse(opts: object) -> int:
@@ -53,6 +65,7 @@ def _rehearse(opts: object) -> int:
         if path is not None:
             _writable(path, what)
     settings = run.check(opts.pidone_args, env)
+    _stop_on_sigterm()
     outcome = run.Rehearsal(opts, settings, env).run()
     fails = verdict.failures(opts, outcome)
     for line in verdict.summary(opts, outcome, fails):

@@ -237,6 +237,7 @@ class Rehearsal:
         self.pidone_pid: int | None = None
         self._partial: dict[int, bytes] = {}
         self._pipes_open = 0
+        self._no_pidfd = False
 
     # -- plumbing -------------------------------------------------------------
 
@@ -257,8 +258,12 @@ class Rehearsal:
             self._pipes_open += 1
             self.selector.register(fd, selectors.EVENT_READ, self._reader(fd, is_err=is_err))
         self.pidone_pid = self._find_pidone()
-        pidfd = os.pidfd_open(self.pidone_pid)
-        self.selector.register(pidfd, selectors.EVENT_READ, self._on_exit(pidfd))
+        try:
+            pidfd = os.pidfd_open(self.pidone_pid)
+        except (OSError, AttributeError):  # kernel < 5.3: poll for the exit instead
+            self._no_pidfd = True
+        else:
+            self.selector.register(pidfd, selectors.EVENT_READ, self._on_exit(pidfd))
 
     def _find_pidone(self) -> int:
         """pidone's pid as we see it: unshare's only child in pid1 mode."""
@@ -318,7 +323,22 @@ class Rehearsal:
         return exited
 
     def _poll(self, until: float) -> None:
-        self.gen.poll(max(0.0, until - time.monotonic()))
+        left = max(0.0, until - time.monotonic())
+        if self._no_pidfd:
+            left = min(left, 0.02)
+        self.gen.poll(left)
+        if self._no_pidfd and self.out.exit_at is None and self._exited():
+            self.out.exit_at = time.monotonic()
+
+    def _exited(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            return True
+        try:  # pid1 mode: pidone is not our child; exited, it is a zombie until unshare reaps it
+            with open(f"/proc/{self.pidone_pid}/stat", encoding="ascii") as fh:
+                return fh.read().rpartition(")")[2].split()[0] in ("Z", "X")
+        except OSError:
+            return True
 
     # -- the plan -------------------------------------------------------------
 
@@ -328,19 +348,29 @@ class Rehearsal:
             self._start()
         except OSError as exc:
             raise UsageError(f"cannot start pidone: {exc}") from None
-        if self._wait_ready():
-            out.load_started = time.monotonic()
-            self.gen.start()
-            end = out.load_started + self.opts.warmup
-            while out.exit_at is None and (now := time.monotonic()) < end:
-                self._poll(end)
-            del now
-            if out.exit_at is not None:
-                out.exited_early = True
-        if out.exit_at is None:
-            self._shutdown()
+        try:
+            if self._wait_ready():
+                out.load_started = time.monotonic()
+                self.gen.start()
+                end = out.load_started + self.opts.warmup
+                while out.exit_at is None and time.monotonic() < end:
+                    self._poll(end)
+                out.exited_early = out.exit_at is not None
+            if out.exit_at is None:
+                self._shutdown()
+        except BaseException:
+            # Interrupted (Ctrl-C, a CI job cancelled): no pidone may outlive the rehearsal.
+            self._kill_now()
+            raise
         self._finish()
         return out
+
+    def _kill_now(self) -> None:
+        if self.pidone_pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pidone_pid, signal.SIGKILL)
+        with contextlib.suppress(Exception):
+            self._reap()
 
     def _wait_ready(self) -> bool:
         out = self.out

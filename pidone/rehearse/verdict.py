@@ -262,6 +262,11 @@ def summary(opts: Options, out: Outcome, fails: list[str]) -> list[str]:
             f"pidone ({out.mode}): {reason}, exit code {out.exit_code}, {how} "
             f"(timeout {opts.timeout:g}s)"
         )
+    elif out.exit_at is not None:
+        lines.append(
+            f"pidone ({out.mode}): exited on its own: {term.get('reason')}, "
+            f"exit code {out.exit_code}"
+        )
     _, before, after = requests(out)
     width = max(len(c) for c in CLASSES)
     lines.append(f"requests        {'  '.join(f'{c:>{width}}' for c in ('total', *CLASSES))}")
