@@ -484,6 +484,8 @@ def test_svg_is_well_formed_and_marks_the_moments_of_the_shutdown(tmp_path: Path
             "not writable",
         ),
         (["--load", "http://127.0.0.1:1/", "--timeout"], "needs a value"),
+        (["--load", "http://no-such-host.invalid/", "--", "true"], "--load"),
+        (["--load", "http://127.0.0.1:1/", "--bogus", "--", "true"], "No such option"),
     ],
 )
 def test_bad_usage_is_one_line_and_exit_code_2(args: list[str], message: str) -> None:

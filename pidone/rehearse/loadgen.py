@@ -32,7 +32,7 @@ import selectors
 import socket
 import time
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 # The request classes, in the order the report lists them.
@@ -106,6 +106,14 @@ def parse_target(text: str) -> Target:
         + b"\r\n"
     )
     return Target(method, rest, host, port, request)
+
+
+def _resolve(host: str, port: int) -> tuple[Any, ...]:
+    """One address per endpoint, IPv4 first: ``localhost`` is often ::1 first, and most test
+    servers listen on 127.0.0.1 only (a browser would try both; a pool keeps one)."""
+    found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    found.sort(key=lambda info: info[0] != socket.AF_INET)
+    return tuple(found[0])
 
 
 class Records:
@@ -292,10 +300,7 @@ class LoadGenerator:
         self.reconnects = 0  # keep-alive connections found closed before reuse
         self.retries = 0  # idle_closed requests sent again on a new connection
         self._next_send = 0.0
-        self._addr = {
-            (t.host, t.port): socket.getaddrinfo(t.host, t.port, type=socket.SOCK_STREAM)[0]
-            for t in targets
-        }
+        self._addr = {(t.host, t.port): _resolve(t.host, t.port) for t in targets}
 
     # -- control ---------------------------------------------------------------
 

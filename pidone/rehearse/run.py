@@ -134,8 +134,14 @@ def check(pidone_args: list[str], env: dict[str, str]) -> Settings:
         raise UsageError(f"could not run pidone --check: {exc}") from None
     if done.returncode != 0:
         lines = [line for line in (done.stderr + done.stdout).splitlines() if line.strip()]
-        errors = [line for line in lines if "error" in line.lower()] or lines[:1]
-        raise UsageError("; ".join(errors) or f"pidone --check failed ({done.returncode})")
+        # pidone's own lines ("pidone: error: ..."), without its "--check: N errors" tally.
+        errors = [
+            line.removeprefix("pidone: error: ").rstrip(".")
+            for line in lines
+            if "error" in line.lower() and not line.startswith("pidone --check:")
+        ] or lines[:1]
+        text = "; ".join(errors) or f"pidone --check failed ({done.returncode})"
+        raise UsageError(f"pidone: {text}")
     values: dict[str, str] = {}
     in_settings = False
     for line in done.stdout.splitlines():
@@ -232,7 +238,10 @@ class Rehearsal:
             targets=opts.loads,
         )
         self.selector = selectors.DefaultSelector()
-        self.gen = LoadGenerator(opts.loads, opts.concurrency, opts.rate, self.selector)
+        try:
+            self.gen = LoadGenerator(opts.loads, opts.concurrency, opts.rate, self.selector)
+        except OSError as exc:  # a host name that does not resolve
+            raise UsageError(f"--load: {exc}") from None
         self.proc: subprocess.Popen[bytes] | None = None
         self.pidone_pid: int | None = None
         self._partial: dict[int, bytes] = {}
