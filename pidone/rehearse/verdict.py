@@ -268,11 +268,16 @@ def summary(opts: Options, out: Outcome, fails: list[str]) -> list[str]:
             f"exit code {out.exit_code}"
         )
     _, before, after = requests(out)
-    width = max(len(c) for c in CLASSES)
-    lines.append(f"requests        {'  '.join(f'{c:>{width}}' for c in ('total', *CLASSES))}")
-    for label, counts in (("before signal", before), ("after signal ", after)):
-        cells = "  ".join(f"{counts[c]:>{width}}" for c in ("total", *CLASSES))
-        lines.append(f"  {label} {cells}")
+    columns = ("total", *CLASSES)
+    widths = [max(len(c), len(str(before[c])), len(str(after[c]))) for c in columns]
+    rows = (
+        ("requests", dict(zip(columns, columns, strict=True))),
+        ("before signal", before),
+        ("after signal", after),
+    )
+    for label, counts in rows:
+        cells = "  ".join(f"{counts[c]!s:>{w}}" for c, w in zip(columns, widths, strict=True))
+        lines.append(f"{label:<13}  {cells}")
     if out.retries:
         lines.append(f"  ({out.retries} idle_closed request(s) retried on a new connection)")
     marks = markers(opts, out)
