@@ -52,13 +52,6 @@ def dockerfile_pidone_options(port: int) -> list[str]:
     return [arg.replace(":8080", f":{port}") for arg in entrypoint[1:-1]]
 
 
-@pytest.fixture(params=["pid1", "subreaper"])
-def mode(request: pytest.FixtureRequest) -> str:
-    if request.param == "pid1" and (os.geteuid() != 0 or not os.path.exists("/usr/bin/unshare")):
-        pytest.skip("PID namespaces need root and unshare")
-    return str(request.param)
-
-
 def test_example_webapp_with_its_dockerfile_settings_passes(mode: str, tmp_path: Path) -> None:
     """The example web app, under load, with Dockerfile.example's pidone settings: pass."""
     port = free_port()
@@ -724,3 +717,59 @@ def test_no_new_connection_after_deregistration(server: Any) -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+# -- the verdict rules, on made-up outcomes ---------------------------------------------
+
+
+def outcome(rows: list[tuple[float, float, str]], **fields: Any) -> Any:
+    """An Outcome with the signal at t=100 and requests given as (start, end, class) from it."""
+    from pidone.rehearse.run import Outcome
+
+    out = Outcome(mode="pid1", signal=15, stop_signal=15, ready_via="url", targets=[])
+    out.t0, out.load_started, out.exit_at, out.exit_code = 100.0, 98.0, 101.0, 0
+    out.events.append((101.0, {"event": "terminated", "level": "info", "reason": "Completed"}))
+    for start, end, cls in [(-1.5, -1.4, "ok"), *rows]:
+        out.records.add(100.0 + start, 100.0 + end, CLASSES.index(cls), 0, 200)
+    for key, value in fields.items():
+        setattr(out, key, value)
+    return out
+
+
+@pytest.mark.parametrize(
+    ("rows", "fields", "argv", "expected"),
+    [
+        ([], {}, [], []),
+        ([(-0.5, -0.4, "error_status")], {}, [], []),  # a 5xx before the signal: not judged
+        ([(-0.5, 0.1, "error_status")], {}, [], ["1 request(s) got a 5xx response after"]),
+        ([(0.2, 0.3, "lost")], {}, [], ["1 request(s) were lost"]),
+        ([(0.2, 0.3, "idle_closed")], {}, [], []),
+        ([(0.2, 0.3, "idle_closed")], {}, ["--strict"], ["1 request(s) were closed idle"]),
+        ([(0.9, 1.9, "refused")], {}, [], ["1 new connection(s) were refused"]),
+        ([(1.1, 1.2, "refused")], {}, [], []),  # after the deregistration: elsewhere
+        ([], {"exit_code": 143}, [], []),
+        ([], {"exit_code": 1}, [], ["pidone exited with code 1, not 0 or 143."]),
+        ([], {"exit_code": 1}, ["--expect-exit", "1"], []),
+        ([], {"timed_out": True, "exit_code": 137}, [], ["pidone was still running", "code 137"]),
+        (
+            [],
+            {"events": [(101.0, {"event": "terminated", "level": "info", "reason": "Killed"})]},
+            [],
+            ["pidone had to SIGKILL what was still running"],
+        ),
+    ],
+)
+def test_verdict_rules(
+    rows: list[tuple[float, float, str]],
+    fields: dict[str, Any],
+    argv: list[str],
+    expected: list[str],
+) -> None:
+    """Each rule fails the rehearsal with its own sentence, and only when it is broken."""
+    from pidone.rehearse import cli, verdict
+
+    opts = cli.parse(["--load", "http://127.0.0.1:1/", *argv, "--", "true"])
+    failures = verdict.failures(opts, outcome(rows, **fields))
+    assert len(failures) == len(expected), failures
+    for failure, start in zip(failures, expected, strict=True):
+        assert start in failure
