@@ -13,7 +13,6 @@ import os
 import re
 import socket
 import subprocess
-import sys
 import threading
 import time
 import xml.etree.ElementTree as ET
@@ -706,17 +705,14 @@ def test_no_new_connection_after_deregistration(server: Any) -> None:
         gen.poll(0.05)
         assert time.monotonic() < deadline
     gen.deregister()
-    accepted = srv.accepted
+    opened = gen.connections
     while gen.inflight():
         gen.poll(0.05)
         assert time.monotonic() < deadline
-    assert srv.accepted == accepted
+    assert gen.connections == opened
+    assert all(slot.sock is None for slot in gen.slots)  # every slot ran out of connection
     assert gen.retries == 0
     assert gen.records.kind.count(CLASSES.index("lost")) == 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(pytest.main([__file__, "-q"]))
 
 
 # -- the verdict rules, on made-up outcomes ---------------------------------------------
@@ -773,3 +769,32 @@ def test_verdict_rules(
     assert len(failures) == len(expected), failures
     for failure, start in zip(failures, expected, strict=True):
         assert start in failure
+
+
+def test_settings_are_read_from_pidone_check() -> None:
+    """The rehearsal learns pidone's effective settings from `pidone --check` (flags, env).
+
+    This pins the contract with --check's output: if its settings table changes shape, the
+    rehearsal would silently fall back to SIGTERM and the load URL for readiness.
+    """
+    from pidone.rehearse import run
+
+    env = {**CLEAN_ENV, "PIDONE_STOP_SIGNAL": "QUIT"}
+    settings = run.check(
+        [
+            "--shutdown-signal",
+            "INT",
+            "--readiness-probe",
+            "tcp://127.0.0.1:1",
+            "--status-addr",
+            "127.0.0.1:9",
+            "--",
+            "true",
+        ],
+        env,
+    )
+    assert settings == run.Settings(
+        shutdown_signal=2, stop_signal=3, own_readiness=True, status_addr="127.0.0.1:9"
+    )
+    assert run.check(["--notify", "--", "true"], CLEAN_ENV).own_readiness
+    assert run.check(["--", "true"], CLEAN_ENV) == run.Settings()

@@ -299,6 +299,7 @@ class LoadGenerator:
         self.new_connections = True  # False once the load balancer has deregistered us
         self.reconnects = 0  # keep-alive connections found closed before reuse
         self.retries = 0  # idle_closed requests sent again on a new connection
+        self.connections = 0  # connections opened (attempted)
         self._next_send = 0.0
         self._addr = {(t.host, t.port): _resolve(t.host, t.port) for t in targets}
 
@@ -407,6 +408,7 @@ class LoadGenerator:
             self._finish(slot, now, LOST, 0, close=False)
             return
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.connections += 1
         slot.sock = sock
         slot.fresh = True
         code = sock.connect_ex(addr)
