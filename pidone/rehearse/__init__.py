@@ -68,8 +68,7 @@ def _rehearse(opts: object) -> int:
     _stop_on_sigterm()
     outcome = run.Rehearsal(opts, settings, env).run()
     fails = verdict.failures(opts, outcome)
-    for line in verdict.summary(opts, outcome, fails):
-        print(line)
+    _print("\n".join(verdict.summary(opts, outcome, fails)))
     data = verdict.report(opts, outcome, fails)
     if opts.report is not None:
         with open(opts.report, "w", encoding="utf-8") as fh:
@@ -78,8 +77,17 @@ def _rehearse(opts: object) -> int:
     if opts.svg is not None:
         with open(opts.svg, "w", encoding="utf-8") as fh:
             fh.write(svg.render(data, verdict.markers(opts, outcome)))
-    sys.stdout.flush()
     return EXIT_FAIL if fails else EXIT_PASS
+
+
+def _print(text: str) -> None:
+    """The summary, to a reader that may have gone (``| head``): the verdict still counts."""
+    try:
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Python would complain again while flushing at exit: point stdout at /dev/null.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def _writable(path: str, what: str) -> None:

@@ -445,6 +445,10 @@ class Rehearsal:
         while self.out.exit_at is None and time.monotonic() < end:
             self._poll(end)
         self.out.exit_at = self.out.exit_at or time.monotonic()
+        # A runtime kills the whole container at once.  As PID 1 of its namespace, pidone's
+        # death did that; as a subreaper it left orphans (now ours): kill them now, before
+        # they answer requests a dead container could not.
+        self._end_processes()
 
     def _finish(self) -> None:
         out = self.out
@@ -468,7 +472,15 @@ class Rehearsal:
             out.exit_code = code if code >= 0 else 128 - code
 
     def _reap(self) -> None:
-        """pidone, unshare and anything they left behind (only after a SIGKILL) end here."""
+        """pidone, unshare and anything they left behind end here; then the pipes close."""
+        self._end_processes()
+        assert self.proc is not None
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()
+
+    def _end_processes(self) -> None:
         assert self.proc is not None
         try:
             self.proc.wait(5)
@@ -488,10 +500,6 @@ class Rehearsal:
             for pid in left:
                 with contextlib.suppress(ChildProcessError):
                     os.waitpid(pid, 0)
-        for stream in (self.proc.stdout, self.proc.stderr):
-            if stream is not None:
-                with contextlib.suppress(OSError):
-                    stream.close()
 
 
 def _children() -> list[int]:
