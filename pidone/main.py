@@ -18,6 +18,10 @@ from pidone.settings import resolve, wants_check
 
 def main(args: Sequence[str] | None = None) -> NoReturn:
     argv = sys.argv[1:] if args is None else list(args)
+    if argv[:1] == ["rehearse"]:  # a mode of its own; `pidone -- rehearse` runs an app so named
+        from pidone.rehearse import main as rehearse
+
+        sys.exit(rehearse(argv[1:]))
     if wants_check(argv):  # validate and explain; nothing is started
         from pidone import check
 
