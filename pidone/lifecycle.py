@@ -612,10 +612,14 @@ class Life:
             return self._sidecar_failed(now, index, code)
         if self.stage == "stopping":
             return self._next_stop()
-        app_runs = self.stage == "backoff" or (
+        return [self.sidecars.restart_later(index, now)] if self.restarts_sidecars else []
+
+    @property
+    def restarts_sidecars(self) -> bool:
+        """Between the start and the stop, a sidecar that exits is restarted."""
+        return self.stage == "backoff" or (
             self.stage == "app" and self.shutdown.phase is Phase.RUNNING
         )
-        return [self.sidecars.restart_later(index, now)] if app_runs else []
 
     def _gate_passed(self) -> list[LifeAction]:
         self._gate += 1

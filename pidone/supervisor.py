@@ -445,8 +445,10 @@ class Supervisor:
         fields = side.exited(ex, now)
         if stopping:
             self.log.info("sidecar_stopped", **fields)
+        elif self.life.restarts_sidecars:
+            self.log.warning("sidecar_exited", **fields)  # unexpected: it will be restarted
         else:
-            self.log.warning("sidecar_exited", **fields)
+            self.log.info("sidecar_exited", **fields)  # the stop is under way
         self.act(self.life.on_sidecar_exit(now, index, ex.code), now)
 
     def _run_drain(self, index: int, deadline: float, now: float) -> None:

@@ -91,7 +91,7 @@ def _platform_problem() -> str | None:
 
 # Tools the tests run -> the Debian package that brings each. systemd-notify is the
 # real sd_notify client of tests/test_notify_restart.py, installed here with the rest.
-TOOLS = {"podman": "podman", "runc": "runc", "systemd-notify": "systemd"}
+TOOLS = {"podman": "podman", "runc": "runc", "systemd-notify": "systemd", "nginx": "nginx-light"}
 
 
 def _ensure_tools() -> str | None:
