@@ -124,7 +124,14 @@ def start_order(config: Config) -> list[str]:
     ]
     timeout = f"{config.sidecar_ready_timeout:g}s"
     for sidecar in config.sidecars:
-        gate = "running" if sidecar.ready is None else f"ready ({sidecar.ready.describe()})"
+        ready = sidecar.ready
+        gate = (
+            "running"
+            if ready is None
+            else f"ready ({ready})"
+            if isinstance(ready, str)
+            else f"ready ({ready.describe()})"
+        )
         command = shlex.join(sidecar.argv)
         lines.append(f"sidecar {sidecar.name}: {command}; waits until {gate}, at most {timeout}")
     lines.append(f"app: {shlex.join(config.argv) if config.argv else '(none)'}")

@@ -78,6 +78,9 @@ class Probe(NamedTuple):
 
 
 T = TypeVar("T")
+# A sidecar that says itself when it is ready, over sd_notify.
+Notify = Literal["notify"]
+NOTIFY: Notify = "notify"
 
 
 class Sidecar(NamedTuple):
@@ -85,7 +88,9 @@ class Sidecar(NamedTuple):
 
     name: str
     argv: tuple[str, ...]
-    ready: Check | None = None  # checked until it passes before the next process starts
+    # Checked until it passes before the next process starts; NOTIFY: its own sd_notify
+    # socket, ready at READY=1.
+    ready: Check | Notify | None = None
     stop_signal: int = signal.SIGTERM
     restart_delay: float | None = None  # None: --restart-delay
     restart_delay_max: float | None = None  # None: --restart-delay-max
@@ -113,9 +118,11 @@ def parse_sidecar(text: str) -> tuple[str, ExecDrain]:
         raise ValueError(f"{text!r}: {exc}") from None
 
 
-def parse_sidecar_ready(text: str) -> tuple[str, Check]:
-    """``NAME=TARGET`` with a probe target: http(s)://, tcp://, exec:."""
+def parse_sidecar_ready(text: str) -> tuple[str, Check | Notify]:
+    """``NAME=TARGET`` with a probe target (http(s)://, tcp://, exec:) or ``notify``."""
     name, target = _sidecar_name(text, "TARGET")
+    if target.strip() == NOTIFY:
+        return name, NOTIFY
     try:
         return name, parse_probe_target(target)
     except ValueError as exc:
@@ -154,7 +161,7 @@ def _per_sidecar(option: str, names: Sequence[str], given: Sequence[tuple[str, T
 
 def build_sidecars(
     commands: Sequence[tuple[str, ExecDrain]],
-    ready: Sequence[tuple[str, Check]],
+    ready: Sequence[tuple[str, Check | Notify]],
     stop_signals: Sequence[tuple[str, int]] = (),
     delays: Sequence[tuple[str, float]] = (),
     delays_max: Sequence[tuple[str, float]] = (),

@@ -18,7 +18,7 @@ import signal
 from typing import TYPE_CHECKING, Literal
 
 from pidone import spawn
-from pidone.config import signal_name
+from pidone.config import NOTIFY, signal_name
 from pidone.hooks import DrainOutcome, Result, Runner
 
 if TYPE_CHECKING:
@@ -191,15 +191,17 @@ class SidecarRun:
         self._stop_sent: float | None = None
         self.stop_s: float | None = None
 
-    def start(self, now: float) -> spawn.SpawnError | None:
+    def start(self, now: float, env: dict[str, str] | None) -> spawn.SpawnError | None:
         """Start it (in a process group of its own, its signals at default)."""
         try:
-            self.pid = spawn.spawn(self.spec.argv)
+            self.pid = spawn.spawn(self.spec.argv, env=env)
         except spawn.SpawnError as exc:
             return exc
         self.generation += 1
         self._stop_sent = None
-        self.check_at = now if self.spec.ready is not None else None
+        # Notify: no checks, the sidecar says it (see Supervisor.on_sidecar_notify).
+        polled = self.spec.ready is not None and self.spec.ready != NOTIFY
+        self.check_at = now if polled else None
         return None
 
     def stop(self, signum: int, now: float) -> None:

@@ -41,6 +41,7 @@ from pidone.config import (
     ExecDrain,
     LogFormat,
     LogLevel,
+    Notify,
     Probe,
     ProbeKind,
     RestartPolicy,
@@ -297,7 +298,7 @@ def build_config(values: Mapping[str, object], argv: Sequence[str]) -> Config:
         restart_reset=cast("float", values["restart_reset"]),
         sidecars=build_sidecars(
             cast("tuple[tuple[str, ExecDrain], ...]", _many(values, "sidecar")),
-            cast("tuple[tuple[str, Check], ...]", _many(values, "sidecar_ready")),
+            cast("tuple[tuple[str, Check | Notify], ...]", _many(values, "sidecar_ready")),
             cast("tuple[tuple[str, int], ...]", _many(values, "sidecar_stop_signal")),
             cast("tuple[tuple[str, float], ...]", _many(values, "sidecar_restart_delay")),
             cast("tuple[tuple[str, float], ...]", _many(values, "sidecar_restart_delay_max")),

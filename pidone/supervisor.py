@@ -10,13 +10,14 @@ It logs what happens; it decides nothing the machine could decide.
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import time
 from typing import TYPE_CHECKING
 
 from pidone import spawn
-from pidone.config import signal_name
+from pidone.config import NOTIFY, signal_name
 from pidone.hooks import Result, Runner
 from pidone.lifecycle import (
     CancelDrain,
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
     from pidone.config import Check
     from pidone.hooks import OnDone
     from pidone.loop import Loop, Timed
+    from pidone.notify import NotifySocket
     from pidone.status import Snapshot
 
 
@@ -82,6 +84,9 @@ class LifeClock:
         self._sup.act(self._sup.life.on_deadline(now), now)
 
 
+# A sidecar whose notify socket could not be made cannot be told ready: it cannot start.
+_NO_NOTIFY = spawn.SpawnError("sd_notify socket", errno.EMFILE)
+
 # Ready checks of a sidecar the start waits for: this often, each this long at most.
 READY_PERIOD = 0.2
 READY_TIMEOUT = 1.0
@@ -99,9 +104,12 @@ class SidecarChecks:
 
     def on_deadline(self, now: float) -> None:
         for index, side in enumerate(self._sup.sidecars):
-            if side.check_at is not None and now >= side.check_at and side.spec.ready:
-                side.check_at = None  # none again until this one has its result
-                self._sup.check_sidecar(index, side.spec.ready, side.generation)
+            check = side.spec.ready
+            if side.check_at is None or now < side.check_at:
+                continue
+            side.check_at = None  # none again until this one has its result
+            if check is not None and check != NOTIFY:
+                self._sup.check_sidecar(index, check, side.generation)
 
 
 class Supervisor:
@@ -124,6 +132,7 @@ class Supervisor:
         self.code: int | None = None
         self._clock = LifeClock(self)
         self.sidecars = [SidecarRun(spec) for spec in self.config.sidecars]
+        self._notify: dict[int, NotifySocket] = {}  # the sidecars that use sd_notify
         self._checks = SidecarChecks(self)
         # The stop phase last logged (of which run's stop): each new one is logged once.
         self._phase_seen = (self.life.shutdown, self.life.shutdown.phase)
@@ -406,7 +415,11 @@ class Supervisor:
 
     def _start_sidecar(self, index: int, now: float) -> None:
         side = self.sidecars[index]
-        error = side.start(now)
+        env = None
+        if side.spec.ready == NOTIFY:
+            sock = self._notify_socket(index)
+            env = None if sock is None else {**os.environ, **sock.env()}
+        error = side.start(now, env) if side.spec.ready != NOTIFY or env else _NO_NOTIFY
         if error is not None:
             self.log.error(
                 "sidecar_exited", name=side.spec.name, error=str(error), exit_code=error.exit_code
@@ -424,6 +437,32 @@ class Supervisor:
         if side.spec.ready is None:  # running is all it promises
             self.log.info("sidecar_ready", name=side.spec.name, check=None)
         self.act(self.life.on_sidecar_started(now, index), now)
+
+    def _notify_socket(self, index: int) -> NotifySocket | None:
+        """The sidecar's own sd_notify socket (made once); None if none can be made."""
+        if index in self._notify:
+            return self._notify[index]
+        from pidone.notify import NotifySocket
+
+        try:
+            sock = NotifySocket()
+        except OSError as exc:  # out of file descriptors: this start fails, not pidone
+            self.log.error(
+                "sidecar_notify_failed", name=self.sidecars[index].spec.name, error=str(exc)
+            )
+            return None
+        sock.register(self.loop.selector, lambda fields: self._on_sidecar_notify(index, fields))
+        self._notify[index] = sock
+        return sock
+
+    def _on_sidecar_notify(self, index: int, fields: dict[str, str]) -> None:
+        side = self.sidecars[index]
+        if fields.get("READY") != "1" or side.pid is None:
+            return
+        if self.life.sidecars.states[index].ready:
+            return  # said again: nothing new
+        self.log.info("sidecar_ready", name=side.spec.name, check=NOTIFY)
+        self.act(self.life.on_sidecar_ready(index), time.monotonic())
 
     def check_sidecar(self, index: int, check: Check, generation: int) -> None:
         def done(result: Result) -> None:

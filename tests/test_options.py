@@ -38,7 +38,7 @@ GOOD: dict[Kind, list[str]] = {
     "address": ["127.0.0.1:8081", "[::1]:9000", "localhost:1", "0.0.0.0:65535"],
     "flag": ["true"],
     "sidecar": ["a=sleep 9", "b=true", "c-1='x y'"],
-    "sidecar-ready": ["a=tcp://127.0.0.1:80", "b=exec:true", "c-1=http://h/ready"],
+    "sidecar-ready": ["a=tcp://127.0.0.1:80", "b=exec:true", "c-1=http://h/ready", "a=notify"],
     "sidecar-signal": ["a=QUIT", "b=int", "c-1=15"],
     "sidecar-duration": ["a=2", "b=0.5", "c-1=0"],
 }

@@ -197,3 +197,16 @@ def test_readyz_needs_every_sidecar_running_and_ready_and_status_lists_them(run,
     assert side["last_exit"]["exit_code"] == 3
     p.kill(signal.SIGTERM)
     assert p.wait() == 0
+
+
+def test_sidecar_ready_over_sd_notify_gates_the_app(run, tmp_path):
+    """``--sidecar-ready NAME=notify``: its own NOTIFY_SOCKET; READY=1 lets the app start."""
+    rec = tmp_path / "rec"
+    opts = ["--sidecar", sidecar("a", rec, "--notify-after", "0.5"), "--sidecar-ready", "a=notify"]
+    p = run(opts, app_cmd(rec))
+    p.err.wait_for('"app_started"')
+    wait_until(lambda: any(n == "app" for n, _, _ in events(rec)))
+    assert when(rec, "a", "notify") < when(rec, "app", "start")
+    assert p.event("sidecar_ready")["check"] == "notify"
+    p.kill(signal.SIGTERM)
+    assert p.wait() == 0
