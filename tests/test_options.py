@@ -37,8 +37,8 @@ GOOD: dict[Kind, list[str]] = {
     "probe": ["tcp://127.0.0.1:8080", "exec:true", "http://h/healthz", "https://[::1]:8443/"],
     "address": ["127.0.0.1:8081", "[::1]:9000", "localhost:1", "0.0.0.0:65535"],
     "flag": ["true"],
-    "sidecar": ["a=sleep 9", "b=true", "c-1='x y'"],
-    "sidecar-ready": ["a=tcp://127.0.0.1:80", "b=exec:true", "c-1=http://h/ready", "a=notify"],
+    "sidecar": ["a=sleep 9", "b=true", "c-1='x y'", "d=true"],
+    "sidecar-ready": ["a=tcp://127.0.0.1:80", "b=exec:true", "c-1=http://h/ready", "d=notify"],
     "sidecar-signal": ["a=QUIT", "b=int", "c-1=15"],
     "sidecar-duration": ["a=2", "b=0.5", "c-1=0"],
 }
