@@ -99,52 +99,42 @@ class Sidecar(NamedTuple):
 SIDECAR_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
 
 
-def _sidecar_name(text: str, what: str) -> tuple[str, str]:
+def _named(text: str, what: str, parse: Callable[[str], T]) -> tuple[str, T]:
+    """``NAME=VALUE`` for one sidecar: the name checked, the value read by ``parse``."""
     name, sep, rest = text.partition("=")
     name = name.strip()
     if not sep or not rest.strip():
         raise ValueError(f"{text!r} is not NAME={what}")
     if not 0 < len(name) <= 63 or not set(name) <= SIDECAR_NAME_CHARS:
         raise ValueError(f"{text!r}: the name {name!r} is not [a-z0-9-]+ (at most 63)")
-    return name, rest
+    try:
+        return name, parse(rest)
+    except ValueError as exc:
+        raise ValueError(f"{text!r}: {exc}") from None
 
 
 def parse_sidecar(text: str) -> tuple[str, ExecDrain]:
     """``NAME=COMMAND``: the command split like a shell, run without one."""
-    name, command = _sidecar_name(text, "COMMAND")
-    try:
-        return name, parse_exec_drain(command)
-    except ValueError as exc:
-        raise ValueError(f"{text!r}: {exc}") from None
+    return _named(text, "COMMAND", parse_exec_drain)
+
+
+def _ready_target(text: str) -> Check | Notify:
+    return NOTIFY if text.strip() == NOTIFY else parse_probe_target(text)
 
 
 def parse_sidecar_ready(text: str) -> tuple[str, Check | Notify]:
     """``NAME=TARGET`` with a probe target (http(s)://, tcp://, exec:) or ``notify``."""
-    name, target = _sidecar_name(text, "TARGET")
-    if target.strip() == NOTIFY:
-        return name, NOTIFY
-    try:
-        return name, parse_probe_target(target)
-    except ValueError as exc:
-        raise ValueError(f"{text!r}: {exc}") from None
+    return _named(text, "TARGET", _ready_target)
 
 
 def parse_sidecar_signal(text: str) -> tuple[str, int]:
     """``NAME=SIGNAL``: the signal that stops that sidecar."""
-    name, value = _sidecar_name(text, "SIGNAL")
-    try:
-        return name, parse_signal(value)
-    except ValueError as exc:
-        raise ValueError(f"{text!r}: {exc}") from None
+    return _named(text, "SIGNAL", parse_signal)
 
 
 def parse_sidecar_duration(text: str) -> tuple[str, float]:
     """``NAME=SECONDS``."""
-    name, value = _sidecar_name(text, "SECONDS")
-    try:
-        return name, parse_duration(value)
-    except ValueError as exc:
-        raise ValueError(f"{text!r}: {exc}") from None
+    return _named(text, "SECONDS", parse_duration)
 
 
 def _per_sidecar(option: str, names: Sequence[str], given: Sequence[tuple[str, T]]) -> dict[str, T]:

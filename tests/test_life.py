@@ -113,11 +113,17 @@ def test_exit_code_is_remapped_at_the_end():
 # -- sidecars -------------------------------------------------------------------------
 
 
-def with_sidecars(**kw: object) -> Life:
+def with_sidecars(*, started: bool = False, **kw: object) -> Life:
+    """A gated sidecar ``a`` and an ungated ``b``; with ``started``, both up and the app next."""
     from pidone.config import Sidecar
 
     sidecars = (Sidecar("a", ("a",), ExecDrain(("true",))), Sidecar("b", ("b",)))
-    return life(sidecars=sidecars, **kw)
+    lf = life(sidecars=sidecars, **kw)
+    if started:
+        lf.on_sidecar_started(0.0, 0)
+        lf.on_sidecar_ready(0)
+        lf.on_sidecar_started(0.0, 1)
+    return lf
 
 
 def test_each_sidecar_gates_the_next_start_and_the_app_comes_last():
@@ -135,10 +141,7 @@ def test_each_sidecar_gates_the_next_start_and_the_app_comes_last():
 def test_sidecars_stop_after_the_app_in_reverse_order_inside_the_grace():
     from pidone.sidecars import StopSidecar
 
-    lf = with_sidecars(grace=10.0)
-    lf.on_sidecar_started(0.0, 0)
-    lf.on_sidecar_ready(0)
-    lf.on_sidecar_started(0.0, 1)
+    lf = with_sidecars(started=True, grace=10.0)
     lf.on_shutdown_signal(1.0, TERM)
     lf.on_exit(2.0, 0, None)
     assert lf.on_nothing_left(2.0) == [Finish()]
@@ -153,10 +156,7 @@ def test_sidecars_stop_after_the_app_in_reverse_order_inside_the_grace():
 def test_sidecars_left_at_the_deadline_are_killed_and_the_reason_says_so():
     from pidone.lifecycle import KillAll
 
-    lf = with_sidecars(grace=5.0)
-    lf.on_sidecar_started(0.0, 0)
-    lf.on_sidecar_ready(0)
-    lf.on_sidecar_started(0.0, 1)
+    lf = with_sidecars(started=True, grace=5.0)
     lf.on_shutdown_signal(1.0, TERM)
     lf.on_exit(1.5, 0, None)
     lf.on_nothing_left(1.5)
@@ -172,10 +172,7 @@ def test_sidecars_left_at_the_deadline_are_killed_and_the_reason_says_so():
 def test_a_sidecar_exiting_while_the_app_runs_is_restarted_with_backoff():
     from pidone.sidecars import RestartSidecarLater, StartSidecar
 
-    lf = with_sidecars(restart_delay=1.0)
-    lf.on_sidecar_started(0.0, 0)
-    lf.on_sidecar_ready(0)
-    lf.on_sidecar_started(0.0, 1)
+    lf = with_sidecars(started=True, restart_delay=1.0)
     assert lf.on_sidecar_exit(5.0, 1, 1) == [RestartSidecarLater(1, 1.0)]
     assert lf.next_deadline() == 6.0
     assert lf.on_deadline(6.0) == [StartSidecar(1)]
