@@ -543,8 +543,12 @@ class Supervisor:
     def _kill_all(self) -> None:
         from pidone import tree
 
+        # [actions] Kill first: only what is logged is described, within a
+        # bound, and the SIGKILL goes out at once to everything else
+        # (tree.kill_described).  Describing all 10,000 processes of a big
+        # tree first made the kill land a second after the deadline.
+        alive = tree.kill_described(50)
         now = time.monotonic()
-        alive = tree.lingering()
         self.report.killed = alive
         for info in alive[:50]:
             self.log.warning(
@@ -559,7 +563,6 @@ class Supervisor:
             elapsed_s=round(self.shutdown.elapsed(now), 3),
         )
         self.runner.cancel_all("killed at the deadline")
-        tree.kill_all()
         self._reap()
 
     # -- the end ----------------------------------------------------------------
