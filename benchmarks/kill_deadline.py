@@ -123,8 +123,12 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tree = build_helpers(Path(tmp)).tree
-        print(f"{args.processes} processes ignoring SIGTERM, --grace {args.grace:g}; ms after the deadline")
-        print("| mode | first SIGKILLed | last SIGKILLed (sample) | `escalated` line | pidone exited |")
+        print(
+            f"{args.processes} processes ignoring SIGTERM, --grace {args.grace:g}; ms after the deadline"
+        )
+        print(
+            "| mode | first SIGKILLed | last SIGKILLed (sample) | `escalated` line | pidone exited |"
+        )
         print("|---|---|---|---|---|")
         for pid1 in (True, False):
             for _ in range(args.reps):

@@ -5,7 +5,10 @@
 ``--fill fds`` is a no-op for the app itself (the fd limit is per process):
 either way, after ``--hold`` seconds the children are released and reaped.
 It prints ``ready``, then ``filled N`` and ``released``; it exits with
-``--exit-code`` on SIGTERM, or ``--exit-after`` seconds after the release.
+``--exit-code`` on SIGTERM (``--ignore-term``: never), or ``--exit-after``
+seconds after the release.  ``--notify-flood`` sends datagrams to
+``$NOTIFY_SOCKET`` without pause from a thread.  Every SIGUSR1 is reported as
+a line ``signal SIGUSR1``.
 """
 
 import argparse
@@ -23,6 +26,8 @@ parser.add_argument("--fill-after", type=float, default=0.0)
 parser.add_argument("--hold", type=float, default=1.0)
 parser.add_argument("--exit-after", type=float)
 parser.add_argument("--exit-code", type=int, default=0)
+parser.add_argument("--ignore-term", action="store_true")
+parser.add_argument("--notify-flood", action="store_true")
 args = parser.parse_args()
 
 
@@ -43,7 +48,28 @@ def serve(listener: socket.socket) -> None:
             conn.close()
 
 
-signal.signal(signal.SIGTERM, lambda *_: sys.exit(args.exit_code))
+def flood() -> None:
+    address = os.environ["NOTIFY_SOCKET"]
+    target = "\0" + address[1:] if address.startswith("@") else address
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.setblocking(False)
+    datagram = b"STATUS=flooding\nX=" + b"y" * 2000
+    while True:
+        try:
+            sock.sendto(datagram, target)
+        except BlockingIOError:
+            time.sleep(0.0001)  # the receive queue is full: pidone is behind
+        except OSError:
+            time.sleep(0.01)
+
+
+if args.ignore_term:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+else:
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(args.exit_code))
+signal.signal(signal.SIGUSR1, lambda *_: say("signal SIGUSR1"))
+if args.notify_flood:
+    threading.Thread(target=flood, daemon=True).start()
 if args.port:
     listener = socket.socket()
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -55,19 +81,29 @@ say(f"ready {os.getpid()}")
 if args.fill == "pids":
     time.sleep(args.fill_after)
     release_r, release_w = os.pipe()
-    kids = []
-    while True:
-        try:
-            pid = os.fork()
-        except OSError:
-            break
-        if pid == 0:
-            os.close(release_w)
-            os.read(release_r, 1)  # EOF once the parent releases us
-            os._exit(0)
-        kids.append(pid)
+    kids: list[int] = []
+
+    def fill() -> bool:
+        """Fork idle children until the limit says no; False once it does."""
+        while True:
+            try:
+                pid = os.fork()
+            except OSError:
+                return False
+            if pid == 0:
+                os.close(release_w)
+                os.read(release_r, 1)  # EOF once the parent releases us
+                os._exit(0)
+            kids.append(pid)
+
+    fill()
     say(f"filled {len(kids)}")
-    time.sleep(args.hold)
+    # Keep it full: whatever another process frees (a thread that ended) is
+    # taken again at once.
+    until = time.monotonic() + args.hold
+    while time.monotonic() < until:
+        fill()
+        time.sleep(0.001)
     os.close(release_w)
     for pid in kids:
         os.waitpid(pid, 0)
