@@ -6,7 +6,8 @@ Usage::
     python3 benchmarks/kill_deadline.py [--processes 10000] [--grace 2] [--reps 3]
 
 Runs ``helpers/tree.c`` (N processes, all ignoring SIGTERM) under pidone from
-this checkout (``python -m pidone``; ``--checkout DIR`` measures another), as PID 1 of a fresh PID namespace and as
+this checkout (``python -m pidone``; ``--checkout DIR`` measures another), as
+PID 1 of a fresh PID namespace and as
 a subreaper, sends SIGTERM and watches a sample of 200 of the tree's
 processes through pidfds: the moment each becomes a zombie is the moment the
 SIGKILL reached it.  Prints, per mode, the first and last death of the sample
@@ -29,7 +30,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from pidbench.build import build_helpers  # noqa: E402
+from pidbench.build import build_helpers
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = 200
@@ -49,7 +50,7 @@ def _tree_pids(root: int) -> list[int]:
     return found
 
 
-def run_once(  # noqa: PLR0913
+def run_once(
     tree: str, processes: int, grace: float, pid1: bool, root: Path = ROOT
 ) -> dict[str, float]:
     cmd = [sys.executable, "-m", "pidone", "--log-format", "json", "--grace", f"{grace:g}"]
@@ -124,18 +125,17 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tree = build_helpers(Path(tmp)).tree
         print(
-            f"{args.processes} processes ignoring SIGTERM, --grace {args.grace:g}; ms after the deadline"
+            f"{args.processes} processes ignoring SIGTERM, --grace {args.grace:g}: "
+            "ms after the deadline"
         )
-        print(
-            "| mode | first SIGKILLed | last SIGKILLed (sample) | `escalated` line | pidone exited |"
-        )
+        print("| mode | first SIGKILLed | last SIGKILLed (sample) | `escalated` | pidone exited |")
         print("|---|---|---|---|---|")
         for pid1 in (True, False):
             for _ in range(args.reps):
                 r = run_once(tree, args.processes, args.grace, pid1, args.checkout)
                 print(
-                    f"| {'PID 1' if pid1 else 'subreaper'} | {r['first_ms']:.0f} | {r['last_ms']:.0f}"
-                    f" | {r['escalated_ms']:.0f} | {r['exit_ms']:.0f} |",
+                    f"| {'PID 1' if pid1 else 'subreaper'} | {r['first_ms']:.0f}"
+                    f" | {r['last_ms']:.0f} | {r['escalated_ms']:.0f} | {r['exit_ms']:.0f} |",
                     flush=True,
                 )
 

@@ -505,7 +505,10 @@ def test_sigkill_reaches_a_large_tree_close_to_the_deadline(mode, runs):
     """
     if mode == "pid1" and not shutil.which("unshare"):
         pytest.skip("needs unshare")
-    script = 'trap "" TERM; i=0; while [ $i -lt 1000 ]; do sleep 1000 & i=$((i+1)); done; echo ready; wait'
+    script = (
+        'trap "" TERM; i=0; while [ $i -lt 1000 ]; do sleep 1000 & i=$((i+1)); done; '
+        "echo ready; wait"
+    )
     r = Run(mode, ["--grace", "1"], ["sh", "-c", script])
     runs.append(r)
     r.out.wait_for("ready")
@@ -598,11 +601,11 @@ def test_subreaper_in_a_namespace_without_its_own_proc_kills_only_its_tree(runs,
         err.wait_for('"app_started"')
         started = json.loads(err.wait_for('"app_started"'))
         assert started["pidone_pid"] != 1
-        pidone = [
+        pidone = next(
             p
             for p in psutil.Process(proc.pid).children(recursive=True)
             if p.cmdline()[:3] == [PY, "-m", "pidone"]
-        ][0]
+        )
         os.kill(pidone.pid, signal.SIGTERM)
         out.wait_for("pidone=137")
         proc.wait(10)
