@@ -73,9 +73,16 @@ class Run:
     """pidone (JSON log) started by a test, optionally inside a cgroup."""
 
     def __init__(
-        self, mode: str, opts: list[str], argv: list[str], cgroup: Path | None = None
+        self,
+        mode: str,
+        opts: list[str],
+        argv: list[str],
+        cgroup: Path | None = None,
+        nofile: int | None = None,
     ) -> None:
         cmd = [PY, "-m", "pidone", "--log-format", "json", *opts, "--", *argv]
+        if nofile is not None:
+            cmd = ["prlimit", f"--nofile={nofile}", "--", *cmd]
         if mode == "pid1":
             cmd = ["unshare", "--pid", "--fork", "--mount-proc", *cmd]
         elif mode == "pid1-host-proc":
@@ -260,6 +267,51 @@ def test_out_of_descriptors_probes_and_drains_fail_alone(mode, runs):
     assert not r.events("Unhealthy")  # a healthy app is not stopped for pidone's shortage
     assert not r.events("internal_error")
     assert r.final()["reason"] == "Error"
+
+
+@pytest.mark.parametrize("mode", ["pid1", "subreaper"])
+def test_status_clients_cannot_take_the_descriptors_actions_need(mode, runs, tmp_path):
+    """``ulimit -n 64`` and 100 idle status connections: probes and drains still run.
+
+    The status endpoint keeps at most half of the descriptor limit; the rest
+    of the connections are closed at once.
+    """
+    if mode == "pid1" and not shutil.which("unshare"):
+        pytest.skip("needs unshare")
+    port, status = free_port(), free_port()
+    ran = tmp_path / "ran"
+    r = Run(
+        mode,
+        [
+            *("--status-addr", f"127.0.0.1:{status}"),
+            *("--readiness-probe", f"http://localhost:{port}/", "--readiness-period", "0.1"),
+            *("--liveness-probe", f"exec:sh -c 'echo x >> {ran}'", "--liveness-period", "0.1"),
+            *("--drain-http", f"http://localhost:{port}/drain"),
+        ],
+        app("limits", "--port", str(port), "--exit-code", "6"),
+        nofile=64,
+    )
+    runs.append(r)
+    r.err.wait_for('"probe_succeeded"', count=2)
+    clients = []
+    try:
+        for _ in range(100):
+            sock = socket.socket()
+            sock.connect(("127.0.0.1", status))
+            clients.append(sock)
+        pid = r.pid
+        held = len(os.listdir(f"/proc/{pid}/fd"))
+        assert held < 64
+        before = len(ran.read_text().splitlines())
+        wait_until(lambda: len(ran.read_text().splitlines()) >= before + 10)
+        os.kill(pid, signal.SIGTERM)
+        assert r.wait() == 6
+    finally:
+        for sock in clients:
+            sock.close()
+    assert not r.events("probe_errored")
+    assert r.events("drain_finished")[0]["detail"] == "HTTP 200"
+    assert not r.events("internal_error")
 
 
 def test_a_run_that_finds_every_worker_busy_fails_at_once_and_slots_come_back():
