@@ -29,10 +29,13 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
 from pidone.config import Config, Probe
 from pidone.hooks import Result, Runner
+
+if TYPE_CHECKING:
+    from structlog.typing import FilteringBoundLogger
 
 
 class ProbeState:
@@ -113,7 +116,9 @@ OnUnhealthy = Callable[[str, Result], None]
 class Probes:
     """Runs the configured probes and reports startup/liveness failures to the loop."""
 
-    def __init__(self, config: Config, runner: Runner, on_unhealthy: OnUnhealthy, log: Any) -> None:
+    def __init__(
+        self, config: Config, runner: Runner, on_unhealthy: OnUnhealthy, log: FilteringBoundLogger
+    ) -> None:
         self._runner = runner
         self._on_unhealthy = on_unhealthy
         self._log = log
