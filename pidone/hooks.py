@@ -37,18 +37,25 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import ipaddress
 import os
 import selectors
 import signal
 import socket
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
+from urllib.parse import urlsplit
 
-from pidone import spawn
+# Imported here, not where used: pidone imports this module once the app
+# runs, and an import is an open() that fails under EMFILE, when an action
+# that needs it may be exactly what is running short.  (ssl alone stays lazy,
+# on the worker thread: it costs memory, and failing there fails one run.)
+from pidone import spawn, tree
 from pidone.config import Check, ExecDrain, HttpDrain, TcpCheck, signal_name
 
 # What a probe's output may cost pidone's memory, per run.
@@ -100,7 +107,6 @@ def http_request(step: HttpDrain, timeout: float) -> tuple[bool, str]:
 
 def _request_bytes(action: HttpDrain) -> bytes:
     """The request as sent on the wire; UnicodeEncodeError for what ASCII cannot say."""
-    from urllib.parse import urlsplit
 
     url = urlsplit(action.url)
     path = (url.path or "/") + (f"?{url.query}" if url.query else "")
@@ -157,7 +163,6 @@ class _Waker:
     """
 
     def __init__(self) -> None:
-        import threading
 
         self._lock = threading.Lock()
         self._sock: socket.socket | None = None
@@ -230,8 +235,6 @@ def _exchange(action: HttpDrain | TcpCheck, deadline: float, waker: _Waker) -> t
     if isinstance(action, TcpCheck):
         host, port = action.host, action.port
     else:
-        from urllib.parse import urlsplit
-
         url = urlsplit(action.url)
         tls = url.scheme == "https"
         host, port = url.hostname or "", url.port or (443 if tls else 80)
@@ -292,13 +295,10 @@ def _plain_target(action: HttpDrain | TcpCheck) -> tuple[str, int, int] | None:
     host name needs a resolver, both blocking in the standard library; those
     run on a thread.
     """
-    import ipaddress
 
     if isinstance(action, TcpCheck):
         host, port = action.host, action.port
     else:
-        from urllib.parse import urlsplit
-
         url = urlsplit(action.url)
         if url.scheme != "http" or url.hostname is None:
             return None
@@ -484,8 +484,6 @@ class Runner:
         if job is None:
             return
         if job.pid is not None:
-            from pidone import tree
-
             tree.kill_tree(job.pid)
             self._by_pid.pop(job.pid, None)  # its exit is reaped as an orphan
         if job.waker is not None:
@@ -600,7 +598,6 @@ class Runner:
         ``Thread.start`` raise "can't start new thread").  Then this one run
         fails, ``errored``; pidone goes on and tries again next time.
         """
-        import threading
 
         if self._threads >= MAX_THREADS:
             self._complete(

@@ -36,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -251,7 +252,6 @@ def _describe(pairs: list[tuple[int, int]], budget: float | None) -> list[Proces
     if budget is None:
         run()
         return found
-    import threading
 
     thread = threading.Thread(target=run, name="describe", daemon=True)
     try:
