@@ -462,7 +462,9 @@ class Runner:
     ) -> int:
         """Start ``action``; return its token.  ``on_done`` gets its one Result.
 
-        A command that cannot start at all ends (and calls ``on_done``) at once.
+        A run that cannot start at all (a command not found; a thread, pipe,
+        socket or process pidone cannot get: ``Result.errored``) ends, and
+        calls ``on_done``, at once.
         """
         self._next_token += 1
         token = self._next_token
