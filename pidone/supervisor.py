@@ -114,7 +114,16 @@ class SidecarChecks:
 
 class Supervisor:
     def __init__(self, started: Started, loop: Loop) -> None:
-        from pidone import log  # costs start-up time: only once the app runs
+        # [actions] Imported now, while descriptors can be had: an import is an
+        # open(), and at the end of a run under EMFILE (ulimit -n reached) the
+        # lazy imports of report and tree failed and turned the app's exit
+        # code into 1 (tests/test_faults_actions.py, out of descriptors).
+        from pidone import (  # noqa: F401
+            cgroup,
+            log,  # costs start-up time: only once the app runs
+            report,
+            tree,
+        )
 
         self.config = started.config
         self.started = started
