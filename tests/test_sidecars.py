@@ -27,6 +27,14 @@ def ready_check(name: str, record: Path) -> str:
     return f"{name}=exec:test -f {record}.{name}.ready"
 
 
+def gated(name: str, record: Path, *extra: str) -> list[str]:
+    """A sidecar ready once its signal handling is in place (no race with an early signal)."""
+    return [
+        "--sidecar", sidecar(name, record, "--ready-after", "0", *extra),
+        "--sidecar-ready", ready_check(name, record),
+    ]  # fmt: skip
+
+
 def events(record: Path) -> list[tuple[str, str, float]]:
     if not record.exists():
         return []
@@ -64,8 +72,8 @@ def test_sidecars_stop_after_the_app_in_reverse_order_each_after_the_previous_ex
     rec = tmp_path / "rec"
     opts = [
         "--grace", "10",
-        "--sidecar", sidecar("a", rec, "--stop-time", "0.2"),
-        "--sidecar", sidecar("b", rec, "--stop-time", "0.2"),
+        *gated("a", rec, "--stop-time", "0.2"),
+        *gated("b", rec, "--stop-time", "0.2"),
     ]  # fmt: skip
     p = run(opts, app_cmd(rec, "--stop-time", "0.2"))
     p.err.wait_for('"app_started"')
@@ -120,7 +128,7 @@ def test_crashing_sidecar_is_restarted_with_backoff_while_the_app_runs_undisturb
 
 def test_sidecar_ignoring_its_stop_signal_is_killed_at_the_deadline(run, tmp_path):
     rec = tmp_path / "rec"
-    opts = ["--grace", "1.5", "--sidecar", sidecar("a", rec, "--ignore-term")]
+    opts = ["--grace", "1.5", *gated("a", rec, "--ignore-term")]
     p = run(opts, app_cmd(rec))
     p.err.wait_for('"app_started"')
     wait_until(lambda: any(n == "app" for n, _, _ in events(rec)))
@@ -135,11 +143,12 @@ def test_sidecar_ignoring_its_stop_signal_is_killed_at_the_deadline(run, tmp_pat
 def test_sidecar_that_never_gets_ready_fails_the_start_and_the_app_never_starts(run, tmp_path):
     rec = tmp_path / "rec"
     opts = [
-        "--sidecar-ready-timeout", "0.5",
+        "--sidecar-ready-timeout", "1.5",
         "--sidecar", sidecar("a", rec),
         "--sidecar-ready", "a=exec:false",
     ]  # fmt: skip
     p = run(opts, app_cmd(rec))
+    wait_until(lambda: events(rec))  # it runs (and takes TERM) well before the bound
     assert p.wait() == 1
     final = p.final()
     assert final["reason"] == "SidecarFailed"
