@@ -50,12 +50,14 @@ def spawn(
     *,
     tty_fd: int | None = None,
     env: Mapping[str, str] | None = None,
+    stdio: tuple[int, int] | None = None,
 ) -> int:
     """Start ``argv`` (searched in PATH) in a new process group, signals at default.
 
     Waits until the child has exec'd, and raises SpawnError if it could not.
     With ``tty_fd``, the new group also becomes the terminal's foreground group;
-    ``env`` replaces pidone's environment.
+    ``env`` replaces pidone's environment; ``stdio`` replaces its stdout and
+    stderr (``--prefix-output``).
     """
     try:
         read_end, write_end = os.pipe()  # both close-on-exec
@@ -72,6 +74,9 @@ def spawn(
             os.close(read_end)
             signal.set_wakeup_fd(-1)  # that pipe is the parent's event source
             os.setpgid(0, 0)
+            if stdio is not None:
+                os.dup2(stdio[0], 1)
+                os.dup2(stdio[1], 2)
             if tty_fd is not None:
                 # We are in a background group until tcsetpgrp succeeds, and
                 # SIGTTOU would stop us: ignore it for the call.

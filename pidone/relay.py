@@ -1,0 +1,187 @@
+"""``--prefix-output``: every line of every supervised process, prefixed with its name.
+
+Without it the app and the sidecars write straight to the container's
+stdout and stderr (inherited descriptors), and pidone never touches a byte.
+With it each of them gets two pipes of pidone's instead; pidone reads them in
+its one selector, cuts the bytes into lines, puts ``name | `` in front and
+writes the lines to its own stdout or stderr.
+
+That makes pidone a writer to streams whose readers it does not own, so the
+relay is built never to wait for them:
+
+- It writes through an open file description of its own (``/proc/self/fd/N``
+  opened again with ``O_NONBLOCK``): fds 1 and 2 stay blocking for whoever
+  else shares them (drains, hooks), while pidone's writes return ``EAGAIN``
+  instead of blocking when the reader stalls.  Where the stream cannot be
+  opened again (a socket), lines for it are dropped and counted.
+- What waits to be written is bounded (:data:`QUEUE_BYTES` per stream); a
+  line that does not fit is dropped, whole, and counted, and the count is
+  logged (``output_lines_dropped``) once the stream has taken every line it
+  was given again.  A line longer than
+  :data:`LINE_MAX` is cut there.
+- A line is written whole before the next one starts, so lines of different
+  processes never interleave, even when the kernel takes a line in parts.
+
+A process's pipes are read until their end; a process that has exited but
+left children holding its pipe keeps it open, as with any log pipe.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import selectors
+from collections import deque
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+# The most pidone holds for one stream while its reader stalls.
+QUEUE_BYTES = 1024 * 1024
+# The longest line relayed as one; longer ones are cut into lines of this size.
+LINE_MAX = 16 * 1024
+_READ = 64 * 1024
+
+
+class _Stream:
+    """One of pidone's own output streams (1 or 2), written without blocking."""
+
+    def __init__(
+        self, fd: int, selector: selectors.BaseSelector, on_dropped: Callable[[int], None]
+    ) -> None:
+        self._selector = selector
+        self._on_dropped = on_dropped
+        self.fd: int | None = None
+        with contextlib.suppress(OSError):  # a socket, or nothing at all: lines are dropped
+            self.fd = os.open(f"/proc/self/fd/{fd}", os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        self._lines: deque[bytes] = deque()
+        self._bytes = 0
+        self._head = b""  # what is left of the line being written
+        self.dropped = 0
+        self.reported = 0
+        self._watched = False
+
+    def put(self, line: bytes) -> None:
+        if self.fd is None or self._bytes + len(line) > QUEUE_BYTES:
+            self.dropped += 1
+            return
+        self._lines.append(line)
+        self._bytes += len(line)
+        self.flush()
+
+    def flush(self, _mask: int = 0) -> None:
+        while self.fd is not None and (self._head or self._lines):
+            if not self._head:
+                self._head = self._lines.popleft()
+                self._bytes -= len(self._head)
+            try:
+                written = os.write(self.fd, self._head)
+            except BlockingIOError:
+                self._watch(want=True)
+                return
+            except OSError as exc:  # EPIPE, EIO, ENOSPC: this line is lost, not the stream
+                self.dropped += 1
+                self._head = b""
+                if exc.errno == errno.EPIPE:
+                    self._drop_all()
+                continue
+            self._head = self._head[written:]
+        self._watch(want=False)
+        if self.dropped > self.reported and self.fd is not None:  # it takes lines again
+            self._on_dropped(self.dropped - self.reported)
+            self.reported = self.dropped
+
+    def _drop_all(self) -> None:
+        """The reader is gone for good: nothing will be written any more."""
+        self.dropped += len(self._lines)
+        self._lines.clear()
+        self._bytes = 0
+        self._watch(want=False)
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def _watch(self, *, want: bool) -> None:
+        if want == self._watched or self.fd is None:
+            return
+        if want:
+            self._selector.register(self.fd, selectors.EVENT_WRITE, self.flush)
+        else:
+            self._selector.unregister(self.fd)
+        self._watched = want
+
+
+class Relay:
+    """The pipes of the processes whose output is prefixed, and pidone's two streams."""
+
+    def __init__(self, selector: selectors.BaseSelector, on_dropped: Callable[[int], None]) -> None:
+        self._selector = selector
+        self._streams = {1: _Stream(1, selector, on_dropped), 2: _Stream(2, selector, on_dropped)}
+
+    @property
+    def dropped(self) -> int:
+        return sum(stream.dropped for stream in self._streams.values())
+
+    def pipes(self, name: str) -> tuple[int, int] | None:
+        """The write ends for a new process's stdout and stderr; None if none can be had.
+
+        The caller hands them to the child and closes them; pidone reads the
+        other ends until the child (and whatever inherited them) has closed them.
+        """
+        ends: list[int] = []
+        try:
+            for target in (1, 2):
+                read_end, write_end = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+                ends += [read_end, write_end]
+                os.set_blocking(write_end, True)  # the child's end behaves as a plain pipe
+                source = _Source(name.encode(), self._streams[target], read_end, self._selector)
+                self._selector.register(read_end, selectors.EVENT_READ, source.on_readable)
+        except (OSError, ValueError):  # out of descriptors: this process writes unprefixed
+            for fd in ends:
+                with contextlib.suppress(OSError, KeyError, ValueError):
+                    self._selector.unregister(fd)
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            return None
+        return ends[1], ends[3]
+
+
+class _Source:
+    """One pipe of one process: bytes in, prefixed whole lines out."""
+
+    def __init__(
+        self, name: bytes, stream: _Stream, fd: int, selector: selectors.BaseSelector
+    ) -> None:
+        self._prefix = name + b" | "
+        self._stream = stream
+        self._fd = fd
+        self._selector = selector
+        self._partial = b""
+
+    def on_readable(self, _mask: int) -> None:
+        try:
+            data = os.read(self._fd, _READ)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:  # every writer has closed it
+            if self._partial:
+                self._emit(self._partial + b"\n")
+            self._selector.unregister(self._fd)
+            os.close(self._fd)
+            return
+        lines = (self._partial + data).split(b"\n")
+        self._partial = lines.pop()
+        for line in lines:
+            self._emit(line + b"\n")
+        if len(self._partial) >= LINE_MAX:
+            self._emit(self._partial + b"\n")
+            self._partial = b""
+
+    def _emit(self, line: bytes) -> None:
+        for start in range(0, len(line), LINE_MAX):  # an endless line, cut into lines
+            piece = line[start : start + LINE_MAX]
+            self._stream.put(self._prefix + piece + (b"" if piece.endswith(b"\n") else b"\n"))
