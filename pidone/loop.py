@@ -20,7 +20,6 @@ import functools
 import os
 import selectors
 import signal
-import sys
 import time
 from typing import Any
 
@@ -63,7 +62,6 @@ class Supervisor:
         # drain index -> the runner's token, for the drain that is running now.
         self.drain_tokens: dict[int, int] = {}
         self.drain_started: dict[int, float] = {}
-        self.self_sigpipes = 0
         self.log: Any = None
         self.report: Any = None
         self.oom_before: int | None = None
@@ -248,12 +246,9 @@ class Supervisor:
         # app is already running.
         from pidone import log, report
 
-        self.log = log.setup(self.config.log_format, self.config.log_level, self._on_broken_pipe)
+        self.log = log.setup(self.config.log_format, self.config.log_level)
         self.base_log = self.log
         self.report = report.Report()
-
-    def _on_broken_pipe(self) -> None:
-        self.self_sigpipes += 1
 
     # -- the loop ---------------------------------------------------------------
 
@@ -333,10 +328,8 @@ class Supervisor:
         for signum in data:
             if signum in self.critical:
                 continue  # recorded by _record (or in ``critical`` when early)
-            if signum == signal.SIGPIPE and self.self_sigpipes:
-                self.self_sigpipes -= 1  # our own stderr broke; not the app's business
-            else:
-                self._forward(signum)
+            # (pidone's own SIGPIPE/SIGXFSZ never get here: see pidone.log)
+            self._forward(signum)
         for signum in critical:
             if signum == signal.SIGCHLD:
                 reap = True
@@ -625,13 +618,14 @@ class Supervisor:
             error = report_mod.write_termination_log(path, message)
             if error:
                 self.log.warning("termination_log_failed", path=path, error=error)
-        from pidone.log import use_console
+        from pidone import log
 
-        if use_console(self.config.log_format):
+        if log.use_console(self.config.log_format):
             for line in self.report.timeline(self.shutdown, now):
                 self.log.info(line)
         if self.backoff.total:
             fields["restarts"] = self.backoff.total
+        fields["log_lines_dropped"] = log.closing()  # and the line passes the log's bounds
         self.log.info("terminated", **fields)
         return code
 
@@ -693,6 +687,10 @@ def last_resort(sup: Supervisor, exc: BaseException) -> int:
     if sup.report is not None and sup.report.app_code is not None:
         code = sup.config.remap(sup.report.app_code)
     with contextlib.suppress(Exception):
-        sup.log.error("terminated", reason="InternalError", exit_code=code)
-    sys.stderr.flush()
-    return code
+        from pidone import log
+
+        dropped = log.closing()  # the final line passes the log's bounds
+        sup.log.error(
+            "terminated", reason="InternalError", exit_code=code, log_lines_dropped=dropped
+        )
+    return code  # main drains the log, bounded

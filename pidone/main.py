@@ -7,8 +7,26 @@ come after the app is already running.
 
 from __future__ import annotations
 
-import contextlib
 import os
+import signal
+
+# As PID 1 of a namespace, a signal with no handler is dropped by the kernel,
+# and handlers only exist once signals.install() has run, after the imports
+# below.  A blocked signal is queued instead, so the signals pidone takes are
+# blocked here, before anything heavier runs; signals.install() unblocks them
+# once its handlers are in place and the queued ones are delivered then.
+# What remains is the interpreter's own start-up, before this line (see
+# README, "Signals in the first milliseconds").  Not PID 1, a signal before
+# the handlers does what it does to any program, before the app exists.
+if os.getpid() == 1:
+    signal.pthread_sigmask(
+        signal.SIG_BLOCK,
+        set(signal.valid_signals())
+        - {signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE, signal.SIGTRAP},
+    )
+
+import contextlib
+import io
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
@@ -31,8 +49,12 @@ def become_subreaper() -> None:
 def _open_standard_fds() -> None:
     """Put /dev/null on any of fds 0-2 that the world handed us closed.
 
-    Otherwise the next pipe pidone opens takes that number, and its log, or
-    the app's stdio, would end up in pidone's own signal pipe.
+    Otherwise the next pipe or socket pidone opens takes that number, and its
+    log, or the app's stdio, would end up in pidone's own signal pipe.  So
+    this runs first, before pidone opens anything.  Python found those fds
+    closed at start-up and set ``sys.stdin``/``stdout``/``stderr`` to None;
+    they get text streams on /dev/null, so no later ``flush()`` or
+    ``write()`` can fail with AttributeError and change the exit code.
     """
     for fd in (0, 1, 2):
         try:
@@ -42,6 +64,9 @@ def _open_standard_fds() -> None:
             if null != fd:  # a lower fd was closed too; it gets its own turn
                 os.dup2(null, fd)
                 os.close(null)
+    for name, fd, mode in (("stdin", 0, "r"), ("stdout", 1, "w"), ("stderr", 2, "w")):
+        if getattr(sys, name) is None:
+            setattr(sys, name, io.TextIOWrapper(io.FileIO(fd, mode, closefd=False)))
 
 
 def foreground_tty() -> int | None:
@@ -58,7 +83,6 @@ def run(config: Config) -> int:
     """Start the app as early as possible, then hand it to the event loop."""
     if os.getpid() != 1:
         become_subreaper()
-    _open_standard_fds()
     status = _status_server(config.status_addr) if config.status_addr else None
     notify, env = _notify_socket(config) if config.notify else (None, None)
     wake_fd = signals.install()  # before the app exists: no signal may be lost
@@ -114,6 +138,7 @@ def _status_server(addr: tuple[str, int]) -> Any:
 
 
 def main(args: Sequence[str] | None = None) -> NoReturn:
+    _open_standard_fds()  # before anything is opened
     argv = sys.argv[1:] if args is None else list(args)
     if wants_check(argv):  # validate and explain; nothing is started
         from pidone import check
@@ -128,8 +153,12 @@ def main(args: Sequence[str] | None = None) -> NoReturn:
             sys.exit(parsed)
         config = parsed
     code = run(config)
-    with contextlib.suppress(OSError, ValueError):
-        sys.stdout.flush()
+    if "pidone.log" in sys.modules:  # the logger was built: its queue gets 1 s at most
+        sys.modules["pidone.log"].drain()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):  # a stream with nothing buffered writes nothing
+            stream.flush()
     # os._exit: no interpreter teardown to wait on (a drain thread may still
-    # be stuck in a socket); every child is reaped already.
+    # be stuck in a socket, the log writer in a stalled pipe); every child is
+    # reaped already.
     os._exit(code)
