@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import errno
 import importlib
 import os
 import select
@@ -82,6 +83,8 @@ DRAIN_TIMEOUT = 1.0
 RETRY_INTERVAL = 1.0
 # pidone's own writes provoke these; they are never the app's business.
 SELF_INFLICTED = frozenset({signal.SIGPIPE, signal.SIGXFSZ})
+# What a non-blocking write came to.
+WRITTEN, FULL, FAILED, BROKEN = "written", "full", "failed", "broken"
 
 
 class QueuedStderr:
@@ -104,11 +107,13 @@ class QueuedStderr:
         self._max_lines = max_lines
         self._max_bytes = max_bytes
         self._cond = threading.Condition(threading.Lock())
-        self._queue: collections.deque[bytes] = collections.deque()
+        # Lines, each with the number of lost lines it reports (0: a line of its own).
+        self._queue: collections.deque[tuple[bytes, int]] = collections.deque()
         self._queued_bytes = 0
         self._writing = False  # the writer holds a line it has taken off the queue
+        self._failing = False  # the last write failed: no notice until a new line comes
         self._dropped = 0  # since the start
-        self._unreported = 0  # dropped since the last notice
+        self._unreported = 0  # dropped and not yet reported by a notice
         self._broken = False  # EPIPE: nobody will ever read again
         self._let_through = False  # the final line passes the bounds
         self._thread: threading.Thread | None = None
@@ -120,15 +125,15 @@ class QueuedStderr:
 
     def msg(self, message: str) -> None:
         data = (message + "\n").encode("utf-8", "backslashreplace")
+        if self._thread is None:
+            self._without_writer()  # make room first, if the stream takes lines again
         with self._cond:
             if self._broken:
                 return
-            self._queue_notice()
+            self._queue_notice(force=self._let_through)
             if self._fits(len(data)) or self._let_through:
                 self._let_through = False
-                self._queue.append(data)
-                self._queued_bytes += len(data)
-                self._cond.notify_all()
+                self._append(data, 0)
             else:
                 self._dropped += 1
                 self._unreported += 1
@@ -153,9 +158,7 @@ class QueuedStderr:
         if self._thread is None:
             self._without_writer()
         with self._cond:
-            while not self._broken and (
-                self._queue or self._writing or (self._unreported and self._notice)
-            ):
+            while not self._broken and (self._queue or self._writing):
                 left = deadline - time.monotonic()
                 if left <= 0 or self._thread is None:
                     return False
@@ -167,23 +170,42 @@ class QueuedStderr:
     def _fits(self, size: int) -> bool:
         return len(self._queue) < self._max_lines and self._queued_bytes + size <= self._max_bytes
 
-    def _queue_notice(self) -> None:
-        """Once there is room again, one line tells how many lines were lost."""
+    def _append(self, data: bytes, reports: int) -> None:
+        self._queue.append((data, reports))
+        self._queued_bytes += len(data)
+        self._cond.notify_all()
+
+    def _pop(self) -> tuple[bytes, int]:
+        data, reports = self._queue.popleft()
+        self._queued_bytes -= len(data)
+        return data, reports
+
+    def _queue_notice(self, *, force: bool = False) -> None:
+        """Once there is room again, or before the final line, one line counts the lost."""
         if not self._unreported:
             return
         if self._notice is None:
             self._unreported = 0
             return
         data = (self._notice(self._unreported) + "\n").encode("utf-8", "backslashreplace")
-        if self._fits(len(data)):
-            self._queue.append(data)
-            self._queued_bytes += len(data)
+        if force or self._fits(len(data)):
+            self._append(data, self._unreported)
             self._unreported = 0
-            self._cond.notify_all()
 
-    def _lost(self) -> None:
-        self._dropped += 1
-        self._unreported += 1
+    def _failed(self, reports: int) -> None:
+        """A write failed: a line is lost; a notice's count waits for the next one."""
+        self._failing = True
+        if reports:
+            self._unreported += reports
+        else:
+            self._dropped += 1
+            self._unreported += 1
+
+    def _stop_for_good(self) -> None:
+        self._broken = True
+        self._queue.clear()
+        self._queued_bytes = 0
+        self._cond.notify_all()
 
     # -- the writer thread ---------------------------------------------------------
 
@@ -205,48 +227,42 @@ class QueuedStderr:
         while True:
             with self._cond:
                 while not self._queue:
-                    self._queue_notice()
+                    if not self._failing:  # the reader took everything: report the loss
+                        self._queue_notice()
                     if not self._queue:
                         self._cond.wait()
-                data = self._queue.popleft()
-                self._queued_bytes -= len(data)
+                data, reports = self._pop()
                 self._writing = True
-            try:
-                self._write_whole(data)
-            finally:
-                with self._cond:
-                    self._writing = False
-                    self._cond.notify_all()
-            if self._broken:
-                return
+            ok = self._write_whole(data)
+            with self._cond:
+                self._writing = False
+                if ok is None:
+                    self._stop_for_good()
+                    return
+                if ok:
+                    self._failing = False
+                else:
+                    self._failed(reports)
+                self._cond.notify_all()
 
-    def _write_whole(self, data: bytes) -> None:
-        """A blocking write of the whole line, off the loop; errors drop the line only."""
+    def _write_whole(self, data: bytes) -> bool | None:
+        """A blocking write of the whole line, off the loop.  None: a broken pipe."""
         view = memoryview(data)
         while view:
             try:
                 view = view[os.write(self._fd, view) :]
             except BrokenPipeError:
-                with self._cond:
-                    self._broken = True
-                    self._queue.clear()
-                    self._queued_bytes = 0
-                return
+                return None
             except BlockingIOError:
                 # Someone (the app) made the shared description non-blocking:
                 # wait for room here, where waiting costs the loop nothing.
                 try:
                     select.select([], [self._fd], [], None)
                 except (OSError, ValueError):
-                    self._drop_current()
-                    return
+                    return False
             except OSError:  # ENOSPC, EIO, EFBIG...: this line, not the stream
-                self._drop_current()
-                return
-
-    def _drop_current(self) -> None:
-        with self._cond:
-            self._lost()
+                return False
+        return True
 
     # -- without a writer thread ----------------------------------------------------
 
@@ -259,17 +275,27 @@ class QueuedStderr:
         target = self._direct_target()
         if target is None:
             return  # the lines wait in the queue, within its bounds
-        fd, limit = target
         with self._cond:
-            while self._queue and not self._broken:
-                data = self._queue[0]
-                if len(data) <= limit and not self._write_nonblocking(fd, data):
-                    break  # no room now: keep it for later
-                self._queue.popleft()
-                self._queued_bytes -= len(data)
-                if len(data) > limit:
-                    self._lost()
-            self._queue_notice()
+            self._flush_direct(*target)
+
+    def _flush_direct(self, fd: int, limit: int) -> None:
+        """Write what the stream takes now, under the lock; every write non-blocking."""
+        while not self._broken:
+            if not self._queue and not self._failing:
+                self._queue_notice()
+            if not self._queue:
+                return
+            data, reports = self._queue[0]
+            outcome = FAILED if len(data) > limit else self._write_nonblocking(fd, data)
+            if outcome == FULL:
+                return  # no room now: the line keeps its place
+            self._pop()
+            if outcome == BROKEN:
+                self._stop_for_good()
+            elif outcome == WRITTEN:
+                self._failing = False
+            else:
+                self._failed(reports)
 
     def _direct_target(self) -> tuple[int, int] | None:
         """Where lines can be written without ever blocking, and how long they may be."""
@@ -289,35 +315,29 @@ class QueuedStderr:
                     self._direct = (os.open(f"/proc/self/fd/{self._fd}", flags), select.PIPE_BUF)
         return self._direct if isinstance(self._direct, tuple) else None
 
-    def _write_nonblocking(self, fd: int, data: bytes) -> bool:
-        """False: no room now.  True: written, or dropped for an error."""
+    @staticmethod
+    def _write_nonblocking(fd: int, data: bytes) -> str:
+        """WRITTEN, FULL (no room now), FAILED (an error) or BROKEN (EPIPE).
+
+        The SIGPIPE or SIGXFSZ a failed write raises is blocked for the call
+        and taken right after: it is pidone's own, never the app's.
+        """
         old = signal.pthread_sigmask(signal.SIG_BLOCK, SELF_INFLICTED)
         try:
             written = 0
             while written < len(data):
                 written += os.write(fd, data[written:])
         except BlockingIOError:
-            if written == 0:
-                return False
-            self._lost()  # only a regular file can get here (no EAGAIN from a pipe's whole write)
-        except BrokenPipeError:
-            self._broken = True
-            self._queue.clear()
-            self._queued_bytes = 0
-            self._take_own_signals()
-        except OSError:
-            self._lost()
-            self._take_own_signals()
+            return FULL if written == 0 else FAILED
+        except OSError as exc:
+            broken = isinstance(exc, BrokenPipeError)
+            if broken or exc.errno == errno.EFBIG:
+                with contextlib.suppress(OSError):
+                    signal.sigtimedwait(SELF_INFLICTED, 0)
+            return BROKEN if broken else FAILED
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, old)
-        return True
-
-    @staticmethod
-    def _take_own_signals() -> None:
-        """Consume the SIGPIPE/SIGXFSZ the failed write left pending on this thread."""
-        with contextlib.suppress(OSError):
-            while signal.sigtimedwait(SELF_INFLICTED, 0) is not None:
-                pass
+        return WRITTEN
 
 
 def _event_first(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> dict[str, Any]:

@@ -15,7 +15,10 @@ Reasons (stable; people alert on them):
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+import signal
 from dataclasses import dataclass, field
 
 from pidone.config import signal_name
@@ -150,10 +153,34 @@ def default_termination_log() -> str | None:
 
 
 def write_termination_log(path: str, message: str) -> str | None:
-    """Write the message; return an error text instead of raising."""
+    """Write the message without ever blocking; return an error text instead of raising.
+
+    ``O_NONBLOCK``: opening a FIFO nobody reads would otherwise wait forever
+    for a reader (now ``ENXIO``), and a write to a FIFO nobody drains would
+    wait for room (now ``EAGAIN``, reported).  On a regular file the flag
+    changes nothing.  The SIGPIPE or SIGXFSZ this write may provoke (a reader
+    that goes away, ``ulimit -f``) is pidone's own: taken here, never
+    forwarded to the app.
+    """
+    data = message.encode("utf-8", "replace")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+    own = {signal.SIGPIPE, signal.SIGXFSZ}
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, own)
     try:
-        with open(path, "w", encoding="utf-8") as fh:
-            fh.write(message)
+        fd = os.open(path, flags, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
+    except BlockingIOError:
+        return "the reader takes nothing (a FIFO that is not being read)"
     except OSError as exc:
+        if exc.errno in (errno.EPIPE, errno.EFBIG):  # the signal that came with it is ours
+            with contextlib.suppress(OSError):
+                signal.sigtimedwait(own, 0)
         return str(exc)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
     return None
