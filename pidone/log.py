@@ -44,23 +44,29 @@ atomically or not at all), a regular file or ``/dev/null`` directly, and
 anything else (a terminal, a socket) waits in the queue or is dropped.
 
 At exit :func:`drain` gives the queued lines, the final ``terminated`` line
-above all, at most ``DRAIN_TIMEOUT`` (1 s) to reach the stream; the process
-then exits regardless, ending the writer wherever it is.  A line longer than
+above all, at most ``DRAIN_TIMEOUT`` (1 s) to reach the stream, and stops
+waiting sooner once the reader has taken nothing for ``STALL_TIMEOUT``
+(25 ms: a stalled reader gains nothing from a longer wait, and the
+container's stop would pay for it); the process then exits regardless,
+ending the writer wherever it is.  A line longer than
 ``PIPE_BUF`` that is half written at that moment is cut: the only way a line
 can reach the stream incomplete.
 """
 
 from __future__ import annotations
 
+import array
 import collections
 import contextlib
 import errno
+import fcntl
 import importlib
 import os
 import select
 import signal
 import stat
 import sys
+import termios
 import threading
 import time
 import types
@@ -79,6 +85,9 @@ MAX_LINES = 4096
 MAX_BYTES = 1 << 20
 # At exit, the longest pidone waits for queued lines to reach the stream.
 DRAIN_TIMEOUT = 1.0
+# ... and gives up sooner once the reader has taken nothing for this long: a
+# stalled reader would only hold the container's end up for nothing.
+STALL_TIMEOUT = 0.025
 # Without a writer thread, how often starting one is tried again.
 RETRY_INTERVAL = 1.0
 # pidone's own writes provoke these; they are never the app's business.
@@ -152,18 +161,34 @@ class QueuedStderr:
             self._let_through = True
             return self._dropped
 
-    def drain(self, timeout: float) -> bool:
-        """Wait at most ``timeout`` seconds for every queued line to be written."""
-        deadline = time.monotonic() + timeout
+    def drain(self, timeout: float, stall: float = STALL_TIMEOUT) -> bool:
+        """Wait for every queued line to be written: at most ``timeout`` seconds, and
+        no longer than ``stall`` seconds in which the reader takes nothing at all."""
+        now = time.monotonic()
+        deadline = now + timeout
         if self._thread is None:
             self._without_writer()
         with self._cond:
+            seen, moved = self._progress(), now
             while not self._broken and (self._queue or self._writing):
-                left = deadline - time.monotonic()
-                if left <= 0 or self._thread is None:
+                if self._thread is None or now >= deadline or now - moved >= stall:
                     return False
-                self._cond.wait(left)
+                self._cond.wait(min(deadline - now, stall / 5))
+                now = time.monotonic()
+                if (progress := self._progress()) != seen:
+                    seen, moved = progress, now
         return True
+
+    def _progress(self) -> tuple[int, int]:
+        """Lines left to write, and bytes in the pipe: either moves while the reader reads.
+
+        (A line of up to PIPE_BUF bytes waits in write() until all of it fits,
+        so a reader taking less than that shows only in the pipe's fill level.)
+        """
+        level = array.array("i", [0])
+        with contextlib.suppress(OSError):
+            fcntl.ioctl(self._fd, termios.FIONREAD, level)
+        return len(self._queue) + self._writing, level[0]
 
     # -- under the lock ----------------------------------------------------------
 

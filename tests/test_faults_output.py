@@ -562,3 +562,33 @@ def test_fallback_write_errors_consume_pidones_own_sigpipe(monkeypatch):
     finally:
         signal.signal(signal.SIGPIPE, old)
         os.close(w)
+
+
+def test_drain_at_exit_gives_up_on_a_stalled_reader_but_waits_for_a_slow_one():
+    """The exit's wait for queued lines: a reader that takes nothing is given up on
+    within tens of milliseconds (far below the 1 s bound); a slow reader that keeps
+    taking lines gets them all."""
+    r, w = _pipe_full()
+    try:
+        sink = QueuedStderr(w)
+        for i in range(20):
+            sink.msg(f"line {i}")
+        started = time.monotonic()
+        assert not sink.drain(1.0)
+        assert time.monotonic() - started < 0.5
+
+        got = bytearray()
+
+        def slow_reader() -> None:  # a few hundred bytes every 10 ms
+            while not got.endswith(b"line 19\n"):
+                got.extend(os.read(r, 300))
+                time.sleep(0.01)  # the reader's pace is what this test is about
+
+        reader = threading.Thread(target=slow_reader, daemon=True)
+        reader.start()
+        assert sink.drain(5.0)
+        reader.join(5)
+        assert got.endswith(b"line 19\n")
+    finally:
+        os.close(r)
+        os.close(w)
