@@ -594,3 +594,29 @@ def test_drain_at_exit_gives_up_on_a_stalled_reader_but_waits_for_a_slow_one():
     finally:
         os.close(r)
         os.close(w)
+
+
+EARLY_TERM = """
+import os, signal, sys
+import pidone.main
+# Past pidone.main's first statement, before signals.install(): as PID 1 a
+# signal with no handler would be dropped here, unless it is blocked.
+os.kill(os.getpid(), signal.SIGTERM)
+pidone.main.main(sys.argv[1:])
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="PID namespaces need root")
+def test_sigterm_before_the_handlers_exist_is_held_not_dropped_as_pid1():
+    """A SIGTERM that reaches PID 1 after pidone.main's first statement but before its
+    handlers are installed is queued (blocked) and acted on: the app is started and
+    stopped, pidone exits with its code (before: dropped by the kernel, pidone ran on)."""
+    argv = app("recorder", "--exit-code", "6")
+    cmd = pidone_cmd("pid1", [], argv, head=[PY, "-c", EARLY_TERM])
+    with raw_run("pid1", cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        out, err = Lines(proc.stdout), Lines(proc.stderr)
+        assert proc.wait(10) == 6
+        out.join()
+        err.join()
+    assert "signal SIGTERM" in out.lines
+    assert '"shutdown_started"' in "".join(err.lines)
