@@ -112,7 +112,36 @@ def workload_list(plan: Plan) -> list[Workload]:
             plan.escalation_reps,
             _escalates,
         ),
+        Workload(
+            "stop, stderr stalled",
+            ("stalled_stop_ms",),
+            workloads.stalled_stop,
+            plan.stalled_reps,
+        ),
+        Workload(
+            "signal forwarding, stderr stalled",
+            ("stalled_signal_p50_us", "stalled_signal_p99_us", "stalled_signal_max_us"),
+            workloads.stalled_forwarding,
+            plan.stalled_reps,
+        ),
+        Workload(
+            "dropped lines",
+            (
+                "drop_rss_before_mib",
+                "drop_rss_mib",
+                "drop_hwm_mib",
+                "drop_lines",
+                "drop_signal_p99_us",
+            ),
+            workloads.dropped_lines,
+            plan.dropped_reps,
+            _pidone_plain,
+        ),
     ]
+
+
+def _pidone_plain(init: Init) -> str:
+    return "" if init.name == PIDONE else "run for pidone only"
 
 
 # -- running ------------------------------------------------------------------
@@ -222,6 +251,15 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         help="skip the venv and run python3 -m pidone from the checkout",
     )
     parser.add_argument(
+        "--only",
+        default=None,
+        help="workload names to run, separated by ';' (e.g. 'stop;stop, stderr stalled'); "
+        "the others are reported as not run",
+    )
+    parser.add_argument(
+        "--inits", default=None, help="comma-separated init names to compare (default: all)"
+    )
+    parser.add_argument(
         "--output", type=Path, default=REPO_ROOT / "BENCHMARKS.md", help="markdown report path"
     )
     return parser.parse_args(argv)
@@ -235,6 +273,10 @@ def reproduce_command(args: argparse.Namespace) -> str:
         parts += ["--pidone", args.pidone]
     if args.no_venv:
         parts.append("--no-venv")
+    if args.only:
+        parts += ["--only", args.only]
+    if args.inits:
+        parts += ["--inits", args.inits]
     return "sudo " + shlex.join(parts)
 
 
@@ -315,6 +357,9 @@ def main(argv: Sequence[str]) -> int:
         install = _pidone(args, work_dir)
         _progress(f"pidone: {install.command}")
         inits = all_inits(install.command)
+        if args.inits:
+            wanted = {name.strip() for name in args.inits.split(",")}
+            inits = [i for i in inits if i.name in wanted]
         helpers = build_helpers(work_dir)
         env = _environment(work_dir, install)
         ctx = Context(helpers, env, work_dir / "init-stderr.log", plan)
@@ -322,7 +367,11 @@ def main(argv: Sequence[str]) -> int:
         for note in notes:
             _progress(note)
         results: report.Results = {}
-        for work in workload_list(plan):
+        chosen = workload_list(plan)
+        if args.only:
+            names = {name.strip() for name in args.only.split(";")}
+            chosen = [w for w in chosen if w.name in names]
+        for work in chosen:
             _progress(f"{work.name} ({work.reps} reps)")
             run_workload(work, inits, usable, ctx, results)
     notes.append(f"pidone was run as {install.how}. {source}")

@@ -8,6 +8,7 @@ already running.  What boot set up is handed to the supervisor whole, as one
 
 from __future__ import annotations
 
+import io
 import os
 import sys
 from typing import TYPE_CHECKING, NamedTuple
@@ -30,11 +31,16 @@ def become_subreaper() -> None:
     libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
 
 
-def _open_standard_fds() -> None:
+def open_standard_fds() -> None:
     """Put /dev/null on any of fds 0-2 that the world handed us closed.
 
-    Otherwise the next pipe pidone opens takes that number, and its log, or
-    the app's stdio, would end up in pidone's own signal pipe.
+    Otherwise the next pipe or socket pidone opens takes that number, and its
+    log, or the app's stdio, would end up in pidone's own signal pipe.  So
+    :func:`pidone.main.main` calls this first, before pidone opens anything.
+    Python found those fds closed at start-up and set ``sys.stdin``/
+    ``stdout``/``stderr`` to None; they get text streams on /dev/null, so no
+    later ``flush()`` or ``write()`` can fail with AttributeError and change
+    the exit code.
     """
     for fd in (0, 1, 2):
         try:
@@ -44,6 +50,9 @@ def _open_standard_fds() -> None:
             if null != fd:  # a lower fd was closed too; it gets its own turn
                 os.dup2(null, fd)
                 os.close(null)
+    for name, fd, mode in (("stdin", 0, "r"), ("stdout", 1, "w"), ("stderr", 2, "w")):
+        if getattr(sys, name) is None:
+            setattr(sys, name, io.TextIOWrapper(io.FileIO(fd, mode, closefd=False)))
 
 
 def foreground_tty() -> int | None:
@@ -73,7 +82,6 @@ def boot(config: Config) -> Started:
     """Start the app as early as possible; everything else it needs first."""
     if os.getpid() != 1:
         become_subreaper()
-    _open_standard_fds()
     status = _status_server(config.status_addr) if config.status_addr else None
     notify, env = _notify_socket(config) if config.notify else (None, None)
     wake_fd = signals.install()  # before the app exists: no signal may be lost

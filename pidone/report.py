@@ -18,7 +18,10 @@ The reason and the exit code are decisions, made by
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+import signal
 import time
 from typing import TYPE_CHECKING
 
@@ -138,7 +141,7 @@ def conclude(  # noqa: PLR0913, PLR0917 - the end is made of all of these
     log: FilteringBoundLogger,
 ) -> None:
     """The end: the termination log, the console timeline, the ``terminated`` line last."""
-    from pidone.log import use_console
+    from pidone import log as log_mod
 
     out = fields(life, run, now, code, sidecars)
     path = life.config.termination_log or default_termination_log()
@@ -146,11 +149,12 @@ def conclude(  # noqa: PLR0913, PLR0917 - the end is made of all of these
         error = write_termination_log(path, termination_message(life, run, now, code))
         if error:
             log.warning("termination_log_failed", path=path, error=error)
-    if use_console(life.config.log_format):
+    if log_mod.use_console(life.config.log_format):
         for line in timeline(life, run, now):
             log.info(line)
     if life.backoff.total:
         out["restarts"] = life.backoff.total
+    out["log_lines_dropped"] = log_mod.closing()  # and the line passes the log's bounds
     log.info("terminated", **out)
 
 
@@ -210,10 +214,34 @@ def default_termination_log() -> str | None:
 
 
 def write_termination_log(path: str, message: str) -> str | None:
-    """Write the message; return an error text instead of raising."""
+    """Write the message without ever blocking; return an error text instead of raising.
+
+    ``O_NONBLOCK``: opening a FIFO nobody reads would otherwise wait forever
+    for a reader (now ``ENXIO``), and a write to a FIFO nobody drains would
+    wait for room (now ``EAGAIN``, reported).  On a regular file the flag
+    changes nothing.  The SIGPIPE or SIGXFSZ this write may provoke (a reader
+    that goes away, ``ulimit -f``) is pidone's own: taken here, never
+    forwarded to the app.
+    """
+    data = message.encode("utf-8", "replace")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+    own = {signal.SIGPIPE, signal.SIGXFSZ}
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, own)
     try:
-        with open(path, "w", encoding="utf-8") as fh:
-            fh.write(message)
+        fd = os.open(path, flags, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
+    except BlockingIOError:
+        return "the reader takes nothing (a FIFO that is not being read)"
     except OSError as exc:
+        if exc.errno in (errno.EPIPE, errno.EFBIG):  # the signal that came with it is ours
+            with contextlib.suppress(OSError):
+                signal.sigtimedwait(own, 0)
         return str(exc)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
     return None

@@ -128,10 +128,8 @@ class Supervisor:
         self.config = started.config
         self.started = started
         self.loop = loop
-        self.self_sigpipes = 0
-        self.log: FilteringBoundLogger = log.setup(
-            self.config.log_format, self.config.log_level, self.on_broken_pipe
-        )
+        # [log] pidone's own SIGPIPE/SIGXFSZ never reach the loop: see pidone.log.
+        self.log: FilteringBoundLogger = log.setup(self.config.log_format, self.config.log_level)
         self.base_log = self.log
         self.life = Life(self.config)
         self.runner = QueuedRunner(loop)
@@ -163,9 +161,7 @@ class Supervisor:
     # -- signals --------------------------------------------------------------------
 
     def on_signal(self, signum: int) -> None:
-        if signum == signal.SIGPIPE and self.self_sigpipes:
-            self.self_sigpipes -= 1  # our own stderr broke; not the app's business
-        elif self.run.pid is not None and self.run.signal(signum):
+        if self.run.pid is not None and self.run.signal(signum):
             self.log.debug(
                 "signal_forwarded",
                 signal=signal_name(signum),
@@ -178,9 +174,6 @@ class Supervisor:
             self.reap()
         else:
             self.on_shutdown_signal(signum)
-
-    def on_broken_pipe(self) -> None:
-        self.self_sigpipes += 1
 
     def on_shutdown_signal(self, signum: int) -> None:
         now = time.monotonic()
@@ -619,7 +612,12 @@ def last_resort(sup: Supervisor | None, started: Started, exc: BaseException) ->
     code = 70 if app_code is None else started.config.remap(app_code)  # 70: EX_SOFTWARE
     if sup is not None:
         with contextlib.suppress(Exception):
-            sup.log.error("terminated", reason="InternalError", exit_code=code)
+            from pidone import log  # [log] the final line passes the log's bounds
+
+            dropped = log.closing()
+            sup.log.error(
+                "terminated", reason="InternalError", exit_code=code, log_lines_dropped=dropped
+            )
     with contextlib.suppress(Exception):
         sys.stderr.flush()
     return code

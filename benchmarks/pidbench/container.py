@@ -8,6 +8,7 @@ import os
 import select
 import signal
 import subprocess
+import threading
 import time
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
@@ -70,10 +71,15 @@ class LineReader:
 
 @contextmanager
 def running(
-    argv: Sequence[str], *, pid1: bool, env: dict[str, str], log_path: Path
+    argv: Sequence[str],
+    *,
+    pid1: bool,
+    env: dict[str, str],
+    log_path: Path,
+    stalled_stderr: bool = False,
 ) -> Iterator[Container]:
     """A Container that is always killed and reaped when the block exits."""
-    box = Container(argv, pid1=pid1, env=env, log_path=log_path)
+    box = Container(argv, pid1=pid1, env=env, log_path=log_path, stalled_stderr=stalled_stderr)
     try:
         yield box
     finally:
@@ -86,10 +92,20 @@ class Container:
     ``pid1=True`` runs ``unshare ... INIT APP``; the init's host pid is then
     the single child of the unshare process.  ``pid1=False`` runs the init
     directly, in its own session so that cleanup can kill its process group.
+
+    ``stalled_stderr=True`` gives the init a pipe as stderr that is full
+    before it starts and that nobody reads (a stalled log driver) until
+    :meth:`resume_stderr`.
     """
 
     def __init__(
-        self, argv: Sequence[str], *, pid1: bool, env: dict[str, str], log_path: Path
+        self,
+        argv: Sequence[str],
+        *,
+        pid1: bool,
+        env: dict[str, str],
+        log_path: Path,
+        stalled_stderr: bool = False,
     ) -> None:
         self.argv = [*UNSHARE, *argv] if pid1 else list(argv)
         self.pid1 = pid1
@@ -100,19 +116,28 @@ class Container:
         self._init_pid: int | None = None
         self._pidfd: int | None = None
         self.reader: LineReader | None = None
+        self.stalled_stderr = stalled_stderr
+        self._stalled_r: int | None = None
+        self._resumed: list[bytes] = []
+        self._resume_thread: threading.Thread | None = None
 
     # -- starting ---------------------------------------------------------
 
     def start(self, *, capture: bool = True) -> int:
         """Spawn; returns the CLOCK_MONOTONIC stamp taken just before."""
         stdout = subprocess.PIPE if capture else subprocess.DEVNULL
-        with self.log_path.open("wb") as log:
+        with contextlib.ExitStack() as stack:
+            if self.stalled_stderr:
+                self._stalled_r, stderr = _full_pipe()
+                stack.callback(os.close, stderr)
+            else:
+                stderr = stack.enter_context(self.log_path.open("wb")).fileno()
             self.start_ns = monotonic_ns()
             self._proc = subprocess.Popen(
                 self.argv,
                 stdin=subprocess.DEVNULL,
                 stdout=stdout,
-                stderr=log,
+                stderr=stderr,
                 env=self.env,
                 start_new_session=not self.pid1,
             )
@@ -150,6 +175,26 @@ class Container:
                 break
             time.sleep(POLL_STEP_S)
         raise BenchError(f"no init process under unshare{self._log_tail()}")
+
+    def resume_stderr(self) -> None:
+        """The stalled reader starts reading (everything, until EOF)."""
+        fd = self._stalled_r
+        if fd is None or self._resume_thread is not None:
+            return
+
+        def read() -> None:
+            while chunk := os.read(fd, 65536):
+                self._resumed.append(chunk)
+
+        self._resume_thread = threading.Thread(target=read, daemon=True)
+        self._resume_thread.start()
+
+    def resumed_stderr(self, timeout_s: float) -> bytes:
+        """What the resumed reader got, once the init's stderr reached EOF."""
+        if self._resume_thread is None:
+            raise BenchError("stderr was never resumed")
+        self._resume_thread.join(timeout_s)
+        return b"".join(self._resumed)
 
     # -- stopping ---------------------------------------------------------
 
@@ -199,6 +244,11 @@ class Container:
         if self._pidfd is not None:
             os.close(self._pidfd)
             self._pidfd = None
+        if self._stalled_r is not None:
+            if self._resume_thread is not None:
+                self._resume_thread.join(5.0)
+            os.close(self._stalled_r)
+            self._stalled_r = None
         self._proc = None
 
     def _kill_tree(self, proc: subprocess.Popen[bytes]) -> None:
@@ -221,6 +271,24 @@ class Container:
         except OSError:
             return ""
         return f"; init stderr: {text[-400:]}" if text else ""
+
+
+def _full_pipe() -> tuple[int, int]:
+    """A pipe filled to the brim; (read end, write end).
+
+    Filled through a second open file description: O_NONBLOCK on the write
+    end itself would be shared with the init that inherits it.
+    """
+    r, w = os.pipe()
+    filler = os.open(f"/proc/self/fd/{w}", os.O_WRONLY | os.O_NONBLOCK)
+    try:
+        while True:
+            os.write(filler, b"f" * (select.PIPE_BUF - 1) + b"\n")
+    except BlockingIOError:
+        pass
+    finally:
+        os.close(filler)
+    return r, w
 
 
 def procfs_children_or_empty(pid: int) -> list[int]:

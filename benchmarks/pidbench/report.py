@@ -99,6 +99,34 @@ TABLES = (
             Column("hwm_subreaper_mib", "subreaper peak MiB"),
         ),
     ),
+    Table(
+        "8. Stop and forwarding with the init's stderr stalled",
+        "The init's stderr is a pipe that is full before it starts and that nobody reads "
+        "(a stalled log driver); pidone runs with `--log-level debug`, so each forwarded "
+        "signal is one more line it cannot write. Stop: as table 5 (ms); forwarding: as "
+        "table 4, 200 signals back to back (µs).",
+        (
+            Column("stalled_stop_ms", "stop ms"),
+            Column("stalled_signal_p50_us", "p50 µs", 1),
+            Column("stalled_signal_p99_us", "p99 µs", 1),
+            Column("stalled_signal_max_us", "max µs", 1),
+        ),
+    ),
+    Table(
+        "8b. pidone's memory while log lines are dropped",
+        "pidone at `--log-level debug` behind a stalled stderr forwards 100,000 SIGUSR1, "
+        "each acknowledged by the app before the next (one log line each): VmRSS before "
+        "and after, peak (VmHWM), lines dropped (from `terminated` once the reader "
+        "resumes), and the forwarding p99 over the 100,000.",
+        (
+            Column("drop_rss_before_mib", "RSS before MiB"),
+            Column("drop_rss_mib", "RSS after MiB"),
+            Column("drop_hwm_mib", "peak MiB"),
+            Column("drop_lines", "lines dropped", 0),
+            Column("drop_signal_p99_us", "p99 µs", 1),
+        ),
+        compact=True,
+    ),
 )
 
 
@@ -211,6 +239,18 @@ def verdicts(results: Results) -> list[Verdict]:
             _median(results, "stop_ms", PIDONE_PROBES),
             50,
             "{:.2f} ms",
+        ),
+        _verdict(
+            "stop latency ≤ 50 ms with stderr stalled (median; table 8)",
+            _median(results, "stalled_stop_ms", PIDONE),
+            50,
+            "{:.2f} ms",
+        ),
+        _verdict(
+            "forwarding p99 ≤ 500 µs with stderr stalled (median over runs; table 8)",
+            _median(results, "stalled_signal_p99_us", PIDONE),
+            500,
+            "{:.1f} µs",
         ),
         _verdict("reaping 2,000 orphans ≤ 3x tini (median)", ratio, 3, "{:.2f}x tini"),
         _verdict(

@@ -12,6 +12,7 @@ whatever happens.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
 import signal
@@ -63,6 +64,9 @@ class Plan:
     tree_size: int = 1000
     grace_s: float = 1.0
     escalation_reps: int = 4
+    stalled_reps: int = 10
+    dropped_lines: int = 100_000
+    dropped_reps: int = 2
 
     @classmethod
     def quick(cls) -> Plan:
@@ -74,6 +78,8 @@ class Plan:
             signal_reps=1,
             reap_reps=(2, 1),
             escalation_reps=1,
+            stalled_reps=3,
+            dropped_reps=1,
         )
 
 
@@ -86,9 +92,21 @@ class Context:
 
 
 def _container(
-    ctx: Context, init: Init, app: Sequence[str], *, pid1: bool = True, options: Sequence[str] = ()
+    ctx: Context,
+    init: Init,
+    app: Sequence[str],
+    *,
+    pid1: bool = True,
+    options: Sequence[str] = (),
+    stalled_stderr: bool = False,
 ) -> AbstractContextManager[Container]:
-    return running(init.command(app, options), pid1=pid1, env=ctx.env, log_path=ctx.log_path)
+    return running(
+        init.command(app, options),
+        pid1=pid1,
+        env=ctx.env,
+        log_path=ctx.log_path,
+        stalled_stderr=stalled_stderr,
+    )
 
 
 def _ns_to_ms(ns: int) -> float:
@@ -328,3 +346,80 @@ def _check_no_strays() -> None:
     strays = reap_strays()
     if strays:
         raise BenchError(f"{strays} processes outlived the init")
+
+
+# -- 8. a stalled log reader --------------------------------------------------
+#
+# The init's stderr is a pipe that is full before it starts and that nobody
+# reads: a stalled container log driver.  pidone runs with --log-level debug
+# here, so that every forwarded signal is one more log line it cannot write.
+
+
+def _stalled_options(init: Init) -> tuple[str, ...]:
+    return ("--log-level", "debug") if init.name == "pidone" else ()
+
+
+def stalled_stop(ctx: Context, init: Init) -> Values:
+    """As stop(), behind a stalled stderr: SIGTERM to PID 1 -> init gone."""
+    options = _stalled_options(init)
+    with _container(ctx, init, [ctx.helpers.waiter], options=options, stalled_stderr=True) as box:
+        box.start()
+        box.lines.expect("ready", START_TIMEOUT_S)
+        wait_settled(box.init_pid())
+        sent = monotonic_ns()
+        box.signal_init(signal.SIGTERM)
+        gone = box.wait_init_gone(START_TIMEOUT_S)
+    return {"stalled_stop_ms": _ns_to_ms(gone - sent)}
+
+
+def stalled_forwarding(ctx: Context, init: Init) -> Values:
+    """As forwarding(paced=False), behind a stalled stderr."""
+    options = _stalled_options(init)
+    app = [ctx.helpers.sigecho]
+    with _container(ctx, init, app, options=options, stalled_stderr=True) as box:
+        box.start()
+        box.lines.expect("ready", START_TIMEOUT_S)
+        pid = box.init_pid()
+        wait_settled(pid)
+        latencies = [_one_signal(box, pid) for _ in range(ctx.plan.signals)]
+        box.signal_init(signal.SIGTERM)
+        box.wait_init_gone(START_TIMEOUT_S)
+    return {
+        "stalled_signal_p50_us": percentile(latencies, 50),
+        "stalled_signal_p99_us": percentile(latencies, 99),
+        "stalled_signal_max_us": max(latencies),
+    }
+
+
+def dropped_lines(ctx: Context, init: Init) -> Values:
+    """pidone at debug behind a stalled stderr forwards N signals (N log lines).
+
+    Each SIGUSR1 waits for the app's acknowledgement, so none coalesce and
+    each is one ``signal_forwarded`` line; past the queue's bounds they are
+    dropped.  Then: peak RSS, and the reader resumes to read the count of
+    dropped lines from ``terminated``.
+    """
+    options = _stalled_options(init)
+    app = [ctx.helpers.sigecho]
+    with _container(ctx, init, app, options=options, stalled_stderr=True) as box:
+        box.start()
+        box.lines.expect("ready", START_TIMEOUT_S)
+        pid = box.init_pid()
+        wait_settled(pid)
+        rss_before = procfs.kib(procfs.status(pid), "VmRSS")
+        latencies = [_one_signal(box, pid) for _ in range(ctx.plan.dropped_lines)]
+        status = procfs.status(pid)
+        box.resume_stderr()
+        box.signal_init(signal.SIGTERM)
+        box.wait_init_gone(START_TIMEOUT_S)
+        text = box.resumed_stderr(START_TIMEOUT_S).decode(errors="replace")
+    final = [line for line in text.splitlines() if '"terminated"' in line]
+    if not final:
+        raise BenchError(f"no terminated line once the reader resumed: {text[-300:]!r}")
+    return {
+        "drop_rss_before_mib": rss_before / 1024,
+        "drop_rss_mib": procfs.kib(status, "VmRSS") / 1024,
+        "drop_hwm_mib": procfs.kib(status, "VmHWM") / 1024,
+        "drop_lines": float(json.loads(final[-1])["log_lines_dropped"]),
+        "drop_signal_p99_us": percentile(latencies, 99),
+    }
