@@ -88,7 +88,8 @@ def boot(config: Config) -> Started:
     oom_before = cgroup.oom_kills()  # the app could be OOM-killed within milliseconds
     tty = foreground_tty()
     app: int | spawn.SpawnError | None = None
-    if not config.inits and not config.sidecars:  # else they come first
+    # Init commands and sidecars come first; prefixed output needs the loop's pipes.
+    if not config.inits and not config.sidecars and not config.prefix_output:
         try:
             app = spawn.spawn(config.argv, tty_fd=tty, env=env)
         except spawn.SpawnError as exc:

@@ -203,6 +203,7 @@ class Config(NamedTuple):
     restart_reset: float = 600.0
     sidecars: tuple[Sidecar, ...] = ()
     sidecar_ready_timeout: float = 60.0
+    prefix_output: bool = False
 
     def remap(self, code: int) -> int:
         for src, dst in self.remap_exit:

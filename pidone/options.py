@@ -331,6 +331,15 @@ OPTIONS: tuple[Option, ...] = (
         multiple=True,
     ),
     Option(
+        "prefix-output",
+        "flag",
+        "",
+        "Relay the output of the app, the sidecars and the init commands through pidone, "
+        "each line prefixed with its name; never blocks pidone (what cannot be written is "
+        "dropped and counted).",
+        "false",
+    ),
+    Option(
         "sidecar-ready-timeout",
         "interval",
         "SECONDS",

@@ -9,11 +9,16 @@ writes the lines to its own stdout or stderr.
 That makes pidone a writer to streams whose readers it does not own, so the
 relay is built never to wait for them:
 
-- It writes through an open file description of its own (``/proc/self/fd/N``
-  opened again with ``O_NONBLOCK``): fds 1 and 2 stay blocking for whoever
-  else shares them (drains, hooks), while pidone's writes return ``EAGAIN``
-  instead of blocking when the reader stalls.  Where the stream cannot be
-  opened again (a socket), lines for it are dropped and counted.
+- To a pipe (what a container runtime gives) it writes through an open file
+  description of its own (``/proc/self/fd/N`` opened again with
+  ``O_NONBLOCK``): fds 1 and 2 stay blocking for whoever else shares them
+  (drains, hooks), while pidone's writes return ``EAGAIN`` instead of
+  blocking when the reader stalls.  To a socket it sends with
+  ``MSG_DONTWAIT``, which leaves the socket's own flags alone.  A regular
+  file or a terminal is written as it is: a second open file description
+  of a file would have an offset of its own and overwrite what others write
+  (where such a write can block, on a hung network file system or a
+  terminal stopped with ^S, pidone would wait with it).
 - What waits to be written is bounded (:data:`QUEUE_BYTES` per stream); a
   line that does not fit is dropped, whole, and counted, and the count is
   logged (``output_lines_dropped``) once the stream has taken every line it
@@ -31,7 +36,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import select
 import selectors
+import socket
+import stat
+import time
 from collections import deque
 from typing import TYPE_CHECKING
 
@@ -43,6 +52,10 @@ QUEUE_BYTES = 1024 * 1024
 # The longest line relayed as one; longer ones are cut into lines of this size.
 LINE_MAX = 16 * 1024
 _READ = 64 * 1024
+# At the end: the most the queued lines may delay pidone's exit, and how long a
+# reader that takes nothing is waited for.
+CLOSE_WAIT = 0.5
+STALLED = 0.025
 
 
 class _Stream:
@@ -54,14 +67,27 @@ class _Stream:
         self._selector = selector
         self._on_dropped = on_dropped
         self.fd: int | None = None
-        with contextlib.suppress(OSError):  # a socket, or nothing at all: lines are dropped
-            self.fd = os.open(f"/proc/self/fd/{fd}", os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        self._sock: socket.socket | None = None
+        with contextlib.suppress(OSError):  # no such stream, or no /proc: lines are dropped
+            mode = os.fstat(fd).st_mode
+            if stat.S_ISFIFO(mode):
+                flags = os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC
+                self.fd = os.open(f"/proc/self/fd/{fd}", flags)
+            elif stat.S_ISSOCK(mode):
+                self._sock = socket.socket(fileno=os.dup(fd))
+                self.fd = self._sock.fileno()
+            else:
+                self.fd = fd
         self._lines: deque[bytes] = deque()
         self._bytes = 0
         self._head = b""  # what is left of the line being written
         self.dropped = 0
         self.reported = 0
         self._watched = False
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._head or self._lines)
 
     def put(self, line: bytes) -> None:
         if self.fd is None or self._bytes + len(line) > QUEUE_BYTES:
@@ -77,7 +103,7 @@ class _Stream:
                 self._head = self._lines.popleft()
                 self._bytes -= len(self._head)
             try:
-                written = os.write(self.fd, self._head)
+                written = self._write(self._head)
             except BlockingIOError:
                 self._watch(want=True)
                 return
@@ -93,15 +119,23 @@ class _Stream:
             self._on_dropped(self.dropped - self.reported)
             self.reported = self.dropped
 
+    def _write(self, data: bytes) -> int:
+        if self._sock is not None:
+            return self._sock.send(data, socket.MSG_DONTWAIT)
+        assert self.fd is not None
+        return os.write(self.fd, data)
+
     def _drop_all(self) -> None:
         """The reader is gone for good: nothing will be written any more."""
         self.dropped += len(self._lines)
         self._lines.clear()
         self._bytes = 0
         self._watch(want=False)
-        if self.fd is not None:
+        if self._sock is not None:
+            self._sock.close()
+        elif self.fd is not None and self.fd > 2:  # pidone's own description of a pipe
             os.close(self.fd)
-            self.fd = None
+        self.fd = None
 
     def _watch(self, *, want: bool) -> None:
         if want == self._watched or self.fd is None:
@@ -119,6 +153,34 @@ class Relay:
     def __init__(self, selector: selectors.BaseSelector, on_dropped: Callable[[int], None]) -> None:
         self._selector = selector
         self._streams = {1: _Stream(1, selector, on_dropped), 2: _Stream(2, selector, on_dropped)}
+        self._sources: set[_Source] = set()
+
+    def _ended(self, source: _Source) -> None:
+        self._selector.unregister(source.fd)
+        self._sources.discard(source)
+        os.close(source.fd)
+
+    def close(self, timeout: float = CLOSE_WAIT) -> None:
+        """At the end: take what the pipes hold now, and give it ``timeout`` to be written.
+
+        Nothing waits for a process still holding a pipe: only what is already
+        in it is read.  The streams get at most ``timeout``, less when the
+        reader has taken nothing for :data:`STALLED`.
+        """
+        for source in list(self._sources):
+            source.take_all()
+        end = time.monotonic() + timeout
+        while True:
+            waiting = [st.fd for st in self._streams.values() if st.pending and st.fd is not None]
+            left = end - time.monotonic()
+            if not waiting or left <= 0:
+                return
+            _, ready, _ = select.select([], waiting, [], min(left, STALLED))
+            if not ready:
+                return  # the reader took nothing for a while: do not wait for it
+            for stream in self._streams.values():
+                if stream.fd in ready:
+                    stream.flush()
 
     @property
     def dropped(self) -> int:
@@ -136,8 +198,9 @@ class Relay:
                 read_end, write_end = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
                 ends += [read_end, write_end]
                 os.set_blocking(write_end, True)  # the child's end behaves as a plain pipe
-                source = _Source(name.encode(), self._streams[target], read_end, self._selector)
+                source = _Source(name.encode(), self._streams[target], read_end, self._ended)
                 self._selector.register(read_end, selectors.EVENT_READ, source.on_readable)
+                self._sources.add(source)
         except (OSError, ValueError):  # out of descriptors: this process writes unprefixed
             for fd in ends:
                 with contextlib.suppress(OSError, KeyError, ValueError):
@@ -152,27 +215,33 @@ class _Source:
     """One pipe of one process: bytes in, prefixed whole lines out."""
 
     def __init__(
-        self, name: bytes, stream: _Stream, fd: int, selector: selectors.BaseSelector
+        self, name: bytes, stream: _Stream, fd: int, on_end: Callable[[_Source], None]
     ) -> None:
         self._prefix = name + b" | "
         self._stream = stream
-        self._fd = fd
-        self._selector = selector
+        self.fd = fd
+        self._on_end = on_end
         self._partial = b""
 
-    def on_readable(self, _mask: int) -> None:
+    def take_all(self) -> None:
+        """Read what the pipe holds now (bounded: it is not waited on)."""
+        for _ in range(64):
+            if not self.on_readable(0):
+                return
+
+    def on_readable(self, _mask: int) -> bool:
+        """Relay one read; whether there may be more."""
         try:
-            data = os.read(self._fd, _READ)
+            data = os.read(self.fd, _READ)
         except BlockingIOError:
-            return
+            return False
         except OSError:
             data = b""
         if not data:  # every writer has closed it
             if self._partial:
                 self._emit(self._partial + b"\n")
-            self._selector.unregister(self._fd)
-            os.close(self._fd)
-            return
+            self._on_end(self)
+            return False
         lines = (self._partial + data).split(b"\n")
         self._partial = lines.pop()
         for line in lines:
@@ -180,6 +249,7 @@ class _Source:
         if len(self._partial) >= LINE_MAX:
             self._emit(self._partial + b"\n")
             self._partial = b""
+        return True
 
     def _emit(self, line: bytes) -> None:
         for start in range(0, len(line), LINE_MAX):  # an endless line, cut into lines

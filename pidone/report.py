@@ -139,6 +139,8 @@ def conclude(  # noqa: PLR0913, PLR0917 - the end is made of all of these
     now: float,
     code: int,
     log: FilteringBoundLogger,
+    *,
+    output_dropped: int = 0,
 ) -> None:
     """The end: the termination log, the console timeline, the ``terminated`` line last."""
     from pidone import log as log_mod
@@ -154,6 +156,8 @@ def conclude(  # noqa: PLR0913, PLR0917 - the end is made of all of these
             log.info(line)
     if life.backoff.total:
         out["restarts"] = life.backoff.total
+    if output_dropped:
+        out["output_lines_dropped"] = output_dropped
     out["log_lines_dropped"] = log_mod.closing()  # and the line passes the log's bounds
     log.info("terminated", **out)
 

@@ -44,6 +44,13 @@ DRAIN_TIMED_OUT = "ran out of its share of the grace"
 DRAIN_MOOT = "cancelled: the app exited"
 
 
+def close_pipes(stdio: tuple[int, int] | None) -> None:
+    """pidone's copies of a child's output pipes: only the child may hold them open."""
+    for fd in stdio or ():
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
 class Run:
     """The process of one stage, and what is reported of it."""
 
@@ -73,14 +80,24 @@ class Run:
         env: dict[str, str] | None,
         tty: int | None,
         now: float,
+        stdio: tuple[int, int] | None = None,
     ) -> spawn.SpawnError | None:
-        """Start the process, or adopt the one boot started; the error if it cannot run."""
+        """Start the process, or adopt the one boot started; the error if it cannot run.
+
+        ``stdio``: the write ends of its output pipes (``--prefix-output``), closed here.
+        """
         try:
             if isinstance(preset, spawn.SpawnError):
                 raise preset
-            self.pid = preset if preset is not None else spawn.spawn(self.argv, tty_fd=tty, env=env)
+            self.pid = (
+                preset
+                if preset is not None
+                else spawn.spawn(self.argv, tty_fd=tty, env=env, stdio=stdio)
+            )
         except spawn.SpawnError as exc:
             return exc
+        finally:
+            close_pipes(stdio)
         self.started_at = now
         return None
 
@@ -198,12 +215,16 @@ class SidecarRun:
         self._stop_sent: float | None = None
         self.stop_s: float | None = None
 
-    def start(self, now: float, env: dict[str, str] | None) -> spawn.SpawnError | None:
+    def start(
+        self, now: float, env: dict[str, str] | None, stdio: tuple[int, int] | None = None
+    ) -> spawn.SpawnError | None:
         """Start it (in a process group of its own, its signals at default)."""
         try:
-            self.pid = spawn.spawn(self.spec.argv, env=env)
+            self.pid = spawn.spawn(self.spec.argv, env=env, stdio=stdio)
         except spawn.SpawnError as exc:
             return exc
+        finally:
+            close_pipes(stdio)
         self.generation += 1
         self._stop_sent = None
         # Notify: no checks, the sidecar says it (see Supervisor.on_sidecar_notify).

@@ -291,6 +291,7 @@ def build_config(values: Mapping[str, object], argv: Sequence[str]) -> Config:
         ),
         status_addr=cast("tuple[str, int] | None", values["status_addr"]),
         notify=cast("bool", values["notify"]),
+        prefix_output=cast("bool", values["prefix_output"]),
         watchdog=cast("float | None", values["watchdog"]),
         restart=cast("RestartPolicy", values["restart"]),
         restart_delay=cast("float", values["restart_delay"]),

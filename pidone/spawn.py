@@ -29,7 +29,7 @@ import errno
 import os
 import signal
 from collections.abc import Mapping
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, NoReturn
 
 _DEFAULTED = frozenset(signal.valid_signals()) - {signal.SIGKILL, signal.SIGSTOP}
 
@@ -70,29 +70,7 @@ def spawn(
         os.close(write_end)
         raise SpawnError(argv[0], exc.errno or errno.EAGAIN) from None
     if pid == 0:  # pragma: no cover - runs in the child, reported through the pipe
-        try:
-            os.close(read_end)
-            signal.set_wakeup_fd(-1)  # that pipe is the parent's event source
-            os.setpgid(0, 0)
-            if stdio is not None:
-                os.dup2(stdio[0], 1)
-                os.dup2(stdio[1], 2)
-            if tty_fd is not None:
-                # We are in a background group until tcsetpgrp succeeds, and
-                # SIGTTOU would stop us: ignore it for the call.
-                signal.signal(signal.SIGTTOU, signal.SIG_IGN)
-                os.tcsetpgrp(tty_fd, os.getpid())
-            for signum in _DEFAULTED:
-                signal.signal(signum, signal.SIG_DFL)
-            signal.pthread_sigmask(signal.SIG_SETMASK, ())
-            if env is None:
-                os.execvp(argv[0], list(argv))
-            else:
-                os.execvpe(argv[0], list(argv), env)
-        except OSError as exc:
-            os.write(write_end, str(exc.errno or errno.ENOENT).encode())
-        finally:
-            os._exit(127)
+        _child(argv, write_end, read_end, tty_fd, env, stdio)
     os.close(write_end)
     # Also from the parent, so that a signal to the group cannot miss the
     # child while it is still on its way to exec.
@@ -106,6 +84,40 @@ def spawn(
         os.waitpid(pid, 0)
         raise SpawnError(argv[0], int(report))
     return pid
+
+
+def _child(  # noqa: PLR0913, PLR0917 - spawn's arguments, in the child
+    argv: tuple[str, ...],
+    write_end: int,
+    read_end: int,
+    tty_fd: int | None,
+    env: Mapping[str, str] | None,
+    stdio: tuple[int, int] | None,
+) -> NoReturn:  # pragma: no cover - runs in the child, reported through the pipe
+    """Between fork and exec: signals reset, the group, the terminal, the streams."""
+    try:
+        os.close(read_end)
+        signal.set_wakeup_fd(-1)  # that pipe is the parent's event source
+        os.setpgid(0, 0)
+        if stdio is not None:
+            os.dup2(stdio[0], 1)
+            os.dup2(stdio[1], 2)
+        if tty_fd is not None:
+            # We are in a background group until tcsetpgrp succeeds, and
+            # SIGTTOU would stop us: ignore it for the call.
+            signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+            os.tcsetpgrp(tty_fd, os.getpid())
+        for signum in _DEFAULTED:
+            signal.signal(signum, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, ())
+        if env is None:
+            os.execvp(argv[0], list(argv))
+        else:
+            os.execvpe(argv[0], list(argv), env)
+    except OSError as exc:
+        os.write(write_end, str(exc.errno or errno.ENOENT).encode())
+    finally:
+        os._exit(127)
 
 
 def spawn_action(argv: tuple[str, ...], *, output_fd: int | None = None) -> int:

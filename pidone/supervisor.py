@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from pidone.hooks import OnDone
     from pidone.loop import Loop, Timed
     from pidone.notify import NotifySocket
+    from pidone.relay import Relay
     from pidone.status import Snapshot
 
 
@@ -140,6 +141,11 @@ class Supervisor:
         self._clock = LifeClock(self)
         self.sidecars = [SidecarRun(spec) for spec in self.config.sidecars]
         self._notify: dict[int, NotifySocket] = {}  # the sidecars that use sd_notify
+        self.relay: Relay | None = None
+        if self.config.prefix_output:
+            from pidone.relay import Relay
+
+            self.relay = Relay(loop.selector, self._output_dropped)
         self._checks = SidecarChecks(self)
         # The stop phase last logged (of which run's stop): each new one is logged once.
         self._phase_seen = (self.life.shutdown, self.life.shutdown.phase)
@@ -273,7 +279,10 @@ class Supervisor:
         preset, self.started = self.started.app, self.started._replace(app=None)
         env = self.started.app_env if run.kind == "app" else None
         tty = 0 if self.started.foreground else None
-        error = run.start(preset if run.kind == "app" else None, env, tty, now)
+        preset = preset if run.kind == "app" else None
+        name = "app" if run.kind == "app" else f"init-{self.life.init_index}"
+        stdio = self._pipes(name) if preset is None else None
+        error = run.start(preset, env, tty, now, stdio)
         if error is not None:
             self._cannot_start(error, now)
             return
@@ -415,13 +424,23 @@ class Supervisor:
                 restarts=side.restarts,
             )
 
+    def _output_dropped(self, count: int) -> None:
+        self.log.warning("output_lines_dropped", count=count)
+
+    def _pipes(self, name: str) -> tuple[int, int] | None:
+        """With --prefix-output, the output pipes for a new process (None: inherited)."""
+        return None if self.relay is None else self.relay.pipes(name)
+
     def _start_sidecar(self, index: int, now: float) -> None:
         side = self.sidecars[index]
         env = None
         if side.spec.ready == NOTIFY:
             sock = self._notify_socket(index)
             env = None if sock is None else {**os.environ, **sock.env()}
-        error = side.start(now, env) if side.spec.ready != NOTIFY or env else _NO_NOTIFY
+        if side.spec.ready == NOTIFY and env is None:
+            error: spawn.SpawnError | None = _NO_NOTIFY
+        else:
+            error = side.start(now, env, self._pipes(side.spec.name))
         if error is not None:
             self.log.error(
                 "sidecar_exited", name=side.spec.name, error=str(error), exit_code=error.exit_code
@@ -555,7 +574,19 @@ class Supervisor:
         from pidone import report
 
         code = self.life.exit_code()
-        report.conclude(self.life, self.run, self.sidecars, time.monotonic(), code, self.log)
+        dropped = 0
+        if self.relay is not None:  # the processes' last lines come before pidone's last
+            self.relay.close()
+            dropped = self.relay.dropped
+        report.conclude(
+            self.life,
+            self.run,
+            self.sidecars,
+            time.monotonic(),
+            code,
+            self.log,
+            output_dropped=dropped,
+        )
         return code
 
 
