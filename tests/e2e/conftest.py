@@ -90,8 +90,14 @@ def _platform_problem() -> str | None:
 
 
 # Tools the tests run -> the Debian package that brings each. systemd-notify is the
-# real sd_notify client of tests/test_notify_restart.py, installed here with the rest.
-TOOLS = {"podman": "podman", "runc": "runc", "systemd-notify": "systemd"}
+# real sd_notify client of tests/test_notify_restart.py, installed here with the rest;
+# mmdebstrap bootstraps the Debian bases of the image tests (e2e_images.py).
+TOOLS = {
+    "podman": "podman",
+    "runc": "runc",
+    "systemd-notify": "systemd",
+    "mmdebstrap": "mmdebstrap",
+}
 
 
 def _ensure_tools() -> str | None:
@@ -188,6 +194,28 @@ class Podman:
             name=name, network=network, env=env, workdir=workdir, extra=extra
         )
         self("run", "-d", *options, *argv)
+
+    def start_image(
+        self,
+        name: str,
+        image: str,
+        *argv: str,
+        publish: dict[int, int] | None = None,
+        extra: Sequence[str] = (),
+    ) -> None:
+        """``podman run -d`` a real *image* (its ENTRYPOINT, and *argv* or its CMD).
+
+        *publish* maps host ports (on 127.0.0.1) to container ports, over podman's bridge
+        network; without it the container has no network.
+        """
+        self.created.append(name)
+        options = [*BASE_RUN_OPTIONS, "--name", name]
+        if publish:
+            for host_port, container_port in publish.items():
+                options += ["--publish", f"127.0.0.1:{host_port}:{container_port}"]
+        else:
+            options += ["--network", "none"]
+        self("run", "-d", *options, *extra, image, *argv)
 
     def stop(self, name: str, timeout: int) -> float:
         """``podman stop -t TIMEOUT``; returns how long the command took."""
