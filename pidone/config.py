@@ -14,7 +14,10 @@ import math
 import os
 import signal
 from collections.abc import Callable
-from typing import Literal, NamedTuple
+from typing import TYPE_CHECKING, Literal, NamedTuple
+
+if TYPE_CHECKING:
+    from pidone.user import Credentials
 
 LogFormat = Literal["auto", "json", "console"]
 SignalTarget = Literal["child", "group"]
@@ -97,6 +100,8 @@ class Config(NamedTuple):
     restart_delay: float = 10.0
     restart_delay_max: float = 300.0
     restart_reset: float = 600.0
+    user: Credentials | None = None  # --user: the app, hooks, drains and exec probes run as
+    no_new_privileges: bool = False
 
     def remap(self, code: int) -> int:
         for src, dst in self.remap_exit:

@@ -57,7 +57,7 @@ class Supervisor:
         self.selector.register(self.wake_r, selectors.EVENT_READ)
         self.app_pid: int | None = None
         self.shutdown = self._app_shutdown()
-        self.runner = Runner(self.selector)
+        self.runner = Runner(self.selector, config.user, config.no_new_privileges)
         self.pod: Any = None  # pidone.pod.Pod: hooks, probes, sd_notify of the current run
         self.status: Any = None  # pidone.status.StatusServer, with --status-addr
         # drain index -> the runner's token, for the drain that is running now.
@@ -139,7 +139,7 @@ class Supervisor:
         self.stage = "app"
         self.shutdown = self._app_shutdown()
         try:
-            pid = spawn.spawn(self.config.argv, tty_fd=self._tty(), env=self.app_env)
+            pid = spawn.spawn_app(self.config, tty_fd=self._tty(), env=self.app_env)
         except spawn.SpawnError as exc:
             self._cannot_start(exc, "app")
             return

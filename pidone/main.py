@@ -67,7 +67,7 @@ def run(config: Config) -> int:
     app: int | spawn.SpawnError | None = None  # None: the loop runs the init commands first
     if not config.inits:
         try:
-            app = spawn.spawn(config.argv, tty_fd=tty, env=env)
+            app = spawn.spawn_app(config, tty_fd=tty, env=env)
         except spawn.SpawnError as exc:
             app = exc
     from pidone import loop

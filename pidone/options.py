@@ -35,6 +35,7 @@ from pidone.config import (
     parse_signal,
     parse_status_addr,
 )
+from pidone.user import parse_user
 
 
 class Option(NamedTuple):
@@ -241,6 +242,23 @@ OPTIONS: tuple[Option, ...] = (
         "600",
     ),
     Option(
+        "user",
+        parse_user,
+        "USER[:GROUP]",
+        "Run the app, and the hooks, drains and exec probes, as this user (name or uid) and "
+        "group (default: the user's primary group), as gosu does. Init commands and pidone "
+        "itself keep pidone's user.",
+    ),
+    Option(
+        "no-new-privileges",
+        parse_bool,
+        "",
+        "The app (and its hooks, drains and exec probes) cannot gain privileges: setuid "
+        "binaries and file capabilities stop working (PR_SET_NO_NEW_PRIVS).",
+        "false",
+        flag=True,
+    ),
+    Option(
         "status-addr",
         parse_status_addr,
         "HOST:PORT",
@@ -303,6 +321,8 @@ def build_config(values: Mapping[str, Any], argv: Sequence[str]) -> Config:
         restart_delay=values["restart_delay"],
         restart_delay_max=values["restart_delay_max"],
         restart_reset=values["restart_reset"],
+        user=values["user"],
+        no_new_privileges=values["no_new_privileges"],
     )
 
 
