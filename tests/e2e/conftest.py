@@ -42,7 +42,9 @@ if TYPE_CHECKING:
 
 REPO = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
-ROOTFS = Path(tempfile.gettempdir()) / "pidone-e2e-rootfs"
+# One mount point per test session: sessions of several checkouts may run at once on one
+# machine, and each one unmounts and removes its mount point when it ends.
+ROOTFS = Path(tempfile.gettempdir()) / f"pidone-e2e-rootfs-{os.getpid()}"
 PODMAN = ["podman", "--cgroup-manager=cgroupfs", "--runtime", "runc"]
 # Options every container gets (must precede --rootfs, see the module docstring).
 BASE_RUN_OPTIONS = ["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096"]

@@ -190,4 +190,22 @@ def build(
         )
         _check(argv, proc)
         _log(f"{tag} built in {time.monotonic() - started:.1f} s")
+        _drop_older(tag)
     return tag
+
+
+def _drop_older(tag: str) -> None:
+    """Untag this image's builds for older inputs, so the cache does not grow with every change.
+
+    Without --force: an image that a container (of another session) still uses stays.
+    """
+    repository = tag.rpartition(":")[0]
+    listed = subprocess.run(
+        [*PODMAN, "images", "--format", "{{.Repository}}:{{.Tag}}", repository],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    for other in listed.stdout.split():
+        if other != tag and other.rpartition(":")[0] == repository:
+            subprocess.run([*PODMAN, "rmi", other], capture_output=True, check=False)
