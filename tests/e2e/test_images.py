@@ -249,3 +249,36 @@ def test_standalone_pidone_kills_a_tree_ignoring_sigterm_at_its_grace(
     assert any("sleep 1001" in cmd for cmd in killed), killed
     assert any("sleep 1002" in cmd for cmd in killed), killed
     assert any(cmd.startswith("sh") for cmd in killed), killed
+
+
+def test_standalone_pidone_replaces_entrypoint_sh_and_gosu(
+    podman: Podman, container: str, standalone_image: str
+) -> None:
+    """The database-image pattern in a real image: pidone started as root fixes ownership in
+    --init, then runs the app as `app` (--user), and stays root itself."""
+    entrypoint = ["/opt/pidone/pidone", "--init", "sh -c 'mkdir -p /data && chown app /data'"]
+    entrypoint += ["--user", "app", "--no-new-privileges", "--"]
+    app = "grep -E '^(Uid|NoNewPrivs):' /proc/$$/status; touch /data/mine && echo WROTE; "
+    app += "echo USER=$USER HOME=$HOME; echo ready; exec sleep 1000"
+    podman.start_image(
+        container,
+        standalone_image,
+        "sh",
+        "-c",
+        app,
+        extra=["--user", "0", "--entrypoint", json.dumps(entrypoint)],
+    )
+    podman.wait_for_log(container, "ready")
+    out, err = podman.logs(container)
+    lines = out.splitlines()
+    app_uid = podman("exec", container, "id", "-u", "app").stdout.strip()
+    assert f"Uid:\t{app_uid}\t{app_uid}\t{app_uid}\t{app_uid}" in lines, out
+    assert "NoNewPrivs:\t1" in lines, out
+    assert "WROTE" in lines, out + err
+    assert "USER=app HOME=/home/app" in lines, out  # from its /etc/passwd entry
+    pid1 = podman("exec", container, "grep", "^Uid:", "/proc/1/status").stdout.split()
+    assert pid1[1:] == ["0"] * 4, "pidone must keep root"
+
+    podman.stop(container, timeout=10)
+
+    _final(podman, container, "Signaled", 143)
