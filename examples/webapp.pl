@@ -84,11 +84,21 @@ while (1) {
     if (($peek // '') !~ m{^\S+ /drain[ ?]}) { spawn($conn); next; }
 
     print STDERR "webapp.pl[$$]: draining: no longer accepting new connections\n";
-    # Serve what the kernel has already accepted for us, then close: closing a listener with
-    # connections still queued would reset them.
+    # Closing a listener resets every connection still in its accept queue, and one that
+    # completes its handshake just before close() would be reset too. So: let the requests
+    # in flight finish first (their clients may connect again: into the queue), give
+    # handshakes under way a moment to land, take everything queued, and close before
+    # answering any of it -- then no client we know of can be connecting during close().
+    # (A brand-new client connecting in those microseconds still gets a reset; only a filter
+    # dropping SYNs first closes that gap, and it needs CAP_NET_ADMIN: see webapp.py.)
+    waitpid($_, 0) for keys %children;
+    %children = ();
+    select(undef, undef, undef, 0.05);
     $listener->blocking(0);
-    while (my $queued = $listener->accept) { $queued->blocking(1); spawn($queued); }
+    my @queued;
+    while (my $next = $listener->accept) { $next->blocking(1); push @queued, $next; }
     close $listener;
+    spawn($_) for @queued;
     waitpid($_, 0) for keys %children;
     print STDERR "webapp.pl[$$]: drained: no request in flight\n";
     read_request($conn);

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
+import e2e_images
 import pytest
 
 if TYPE_CHECKING:
@@ -342,3 +343,46 @@ def container(podman: Podman, request: pytest.FixtureRequest) -> Iterator[str]:
     name = f"pidone-e2e-{test}-{os.getpid()}-{next(_names)}"
     yield name
     podman.rm(name)
+
+
+# -- the example images (e2e_images.py: built once, cached across sessions) ----------------------
+
+
+def _build(dockerfile: str, name: str, **kwargs: object) -> str:
+    try:
+        return e2e_images.build(dockerfile, name, **kwargs)  # type: ignore[arg-type]
+    except e2e_images.ImageBuildError as exc:
+        pytest.fail(str(exc))
+
+
+@pytest.fixture(scope="session")
+def example_image(podman: Podman) -> str:
+    """Dockerfile.example, built on the mmdebstrap Python base."""
+    del podman  # needed for its set-up: tools installed, podman checked
+    return _build(
+        "Dockerfile.example",
+        "example",
+        build_args={"BASE_IMAGE": e2e_images.base_image("python")},
+        context_paths=["pyproject.toml", "README.md", "pidone", "examples"],
+    )
+
+
+@pytest.fixture(scope="session")
+def standalone_image(podman: Podman) -> str:
+    """Dockerfile.standalone.example: the standalone pidone on a base with no Python."""
+    del podman
+    return _build(
+        "Dockerfile.standalone.example",
+        "standalone",
+        build_args={
+            "BUILD_IMAGE": e2e_images.base_image("python"),
+            "RUNTIME_IMAGE": e2e_images.base_image("nopython"),
+        },
+        context_paths=[
+            "pyproject.toml",
+            "README.md",
+            "pidone",
+            "scripts/build-standalone",
+            "examples/webapp.pl",
+        ],
+    )

@@ -85,7 +85,7 @@ def _check(argv: Sequence[str], proc: subprocess.CompletedProcess[str]) -> None:
         raise ImageBuildError(f"`{' '.join(argv)}` failed (rc={proc.returncode}):\n{tail}")
 
 
-class _BuildLock:
+class BuildLock:
     def __enter__(self) -> None:
         CACHE.mkdir(parents=True, exist_ok=True)
         self._file = (CACHE / "build.lock").open("w")
@@ -103,7 +103,7 @@ def base_image(kind: str) -> str:
     )
     if image_exists(tag):
         return tag
-    with _BuildLock():
+    with BuildLock():
         if image_exists(tag):  # built by another session while we waited
             return tag
         _log(f"bootstrapping the {kind} base with mmdebstrap (once; cached as {tag})")
@@ -180,7 +180,7 @@ def build(
     if HOST_CA_BUNDLE.is_file():
         argv += ["-v", f"{HOST_CA_BUNDLE}:{HOST_CA_BUNDLE}:ro"]
     argv.append(str(REPO))
-    with _BuildLock():
+    with BuildLock():
         if image_exists(tag):
             return tag
         _log(f"building {dockerfile} as {tag}")

@@ -103,7 +103,8 @@ class Load:
         """Assert no failure, answers after the stop began and refusals only after it."""
         result = self.result
         assert not result.errors, (
-            f"{len(result.errors)} requests failed during shutdown, "
+            f"{len(result.errors)} requests failed during shutdown (stop began at "
+            f"{stop_began:.3f}; last answer started at {max(result.ok, default=0):.3f}), "
             f"e.g. {sorted(result.errors)[:8]}"
         )
         served_after_stop = [t for t in result.ok if t >= stop_began]

@@ -14,9 +14,9 @@ import json
 import time
 from typing import TYPE_CHECKING
 
-import e2e_images
 import pytest
 from http_load import Load, free_port, wait_http_ready
+from pidone_log import SHUTDOWN_SEQUENCE, assert_in_order, final_record, json_records
 
 if TYPE_CHECKING:
     from tests.e2e.conftest import Podman
@@ -25,92 +25,16 @@ if TYPE_CHECKING:
 # see README "Running the tests"); pytest-timeout counts that fixture set-up.
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200)]
 
-# The sequence of pidone's events in a graceful shutdown with a drain, in order.
-SHUTDOWN_SEQUENCE = [
-    "shutdown_started",
-    "drain_started",
-    "drain_finished",
-    "stop_signal_sent",
-    "app_exited",
-    "terminated",
-]
-
-
-def _build(dockerfile: str, name: str, **kwargs: object) -> str:
-    try:
-        return e2e_images.build(dockerfile, name, **kwargs)  # type: ignore[arg-type]
-    except e2e_images.ImageBuildError as exc:
-        pytest.fail(str(exc))
-
-
-@pytest.fixture(scope="session")
-def example_image(podman: Podman) -> str:
-    """Dockerfile.example, built on the mmdebstrap Python base."""
-    del podman  # needed for its set-up: tools installed, podman checked
-    return _build(
-        "Dockerfile.example",
-        "example",
-        build_args={"BASE_IMAGE": e2e_images.base_image("python")},
-        context_paths=["pyproject.toml", "README.md", "pidone", "examples"],
-    )
-
-
-@pytest.fixture(scope="session")
-def standalone_image(podman: Podman) -> str:
-    """Dockerfile.standalone.example: the standalone pidone on a base with no Python."""
-    del podman
-    return _build(
-        "Dockerfile.standalone.example",
-        "standalone",
-        build_args={
-            "BUILD_IMAGE": e2e_images.base_image("python"),
-            "RUNTIME_IMAGE": e2e_images.base_image("nopython"),
-        },
-        context_paths=[
-            "pyproject.toml",
-            "README.md",
-            "pidone",
-            "scripts/build-standalone",
-            "examples/webapp.pl",
-        ],
-    )
-
-
-def json_records(text: str) -> list[dict[str, object]]:
-    records = []
-    for raw in text.splitlines():
-        line = raw.strip()
-        if line.startswith("{"):
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(record, dict):
-                records.append(record)
-    return records
-
 
 def _final(podman: Podman, name: str, reason: str, exit_code: int) -> list[dict[str, object]]:
     """Runtime exit code and pidone's last line agree; all of pidone's records."""
     out, err = podman.logs(name)
     assert podman.status(name) == "exited"
     assert podman.exit_code(name) == exit_code, f"stdout:\n{out}\nstderr:\n{err}"
-    records = json_records(err)
-    assert records, f"no JSON lines from pidone:\n{err}"
-    last = records[-1]
-    assert last.get("event") == "terminated", f"last line is not 'terminated': {last}\n{err}"
+    last = final_record(err)
     assert last.get("reason") == reason, last
     assert last.get("exit_code") == exit_code, last
-    return records
-
-
-def _assert_in_order(records: list[dict[str, object]], events: list[str]) -> None:
-    seen = [record.get("event") for record in records]
-    positions = []
-    for event in events:
-        assert event in seen, f"{event!r} missing from pidone's events {seen}"
-        positions.append(seen.index(event))
-    assert positions == sorted(positions), f"events out of order: {seen}"
+    return json_records(err)
 
 
 def _stop_under_load(podman: Podman, name: str, port: int, timeout: int) -> tuple[float, str]:
@@ -174,7 +98,7 @@ def test_example_image_drains_under_load_and_stops_with_0(
     print(f"\n[e2e] Dockerfile.example under load: podman stop took {took:.2f} s; {summary}")
     assert took < grace, took
     records = _final(podman, container, "Completed", 0)
-    _assert_in_order(records, SHUTDOWN_SEQUENCE)
+    assert_in_order(records, SHUTDOWN_SEQUENCE)
     drain = next(r for r in records if r.get("event") == "drain_finished")
     assert drain.get("outcome") == "ok", drain
     _, err = podman.logs(container)
@@ -221,7 +145,7 @@ def test_standalone_pidone_drains_and_stops_an_app_dying_of_sigterm_with_143(
     print(f"\n[e2e] standalone pidone under load: podman stop took {took:.2f} s; {summary}")
     assert took < 8, took
     records = _final(podman, container, "Signaled", 143)
-    _assert_in_order(records, SHUTDOWN_SEQUENCE)
+    assert_in_order(records, SHUTDOWN_SEQUENCE)
     _, err = podman.logs(container)
     assert "drained: no request in flight" in err, err
 
