@@ -38,7 +38,6 @@ from typing import NamedTuple
 
 CAP_SETGID = 6
 CAP_SETUID = 7
-PR_SET_NO_NEW_PRIVS = 38
 
 
 class Credentials(NamedTuple):

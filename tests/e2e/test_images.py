@@ -21,8 +21,8 @@ from pidone_log import SHUTDOWN_SEQUENCE, assert_in_order, final_record, json_re
 if TYPE_CHECKING:
     from tests.e2e.conftest import Podman
 
-# The first test of a session may bootstrap the bases and build the images (about 3 min cold,
-# see README "Running the tests"); pytest-timeout counts that fixture set-up.
+# The first test of a session may bootstrap the bases and build the images (about 75 s cold,
+# see README "Quick start"); pytest-timeout counts that fixture set-up.
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200)]
 
 
