@@ -5,10 +5,11 @@ prints the effective settings (each with where it came from: default, file,
 env or flag) and the shutdown plan as a timeline, exit code 0, or lists
 *every* mistake it found, one line each, exit code 2.
 
-The values go through the same parsers, and the same precedence (command line
-> environment > config file > defaults), as a real start; the timeline follows
-the budget rules of :mod:`pidone.lifecycle`.  Nothing here is on the start-up
-path of an app, so this module may import whatever it likes.
+The values, their sources and the errors come from the resolver a real start
+uses (:func:`pidone.settings.resolve`): what ``--check`` accepts is what
+starts.  The timeline follows the budget rules of :mod:`pidone.lifecycle`.
+Nothing here is on the start-up path of an app, so this module may import
+whatever it likes.
 """
 
 from __future__ import annotations
@@ -17,50 +18,12 @@ import os
 import shutil
 import sys
 from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple, TextIO
+from typing import NamedTuple, TextIO
 
-from pidone import configfile
-from pidone.config import (
-    Config,
-    ExecDrain,
-    HttpDrain,
-    TcpCheck,
-    parse_duration,
-    parse_positive_duration,
-    parse_signal,
-    signal_name,
-)
+from pidone.config import Config, ExecDrain, HttpDrain, TcpCheck, signal_name
 from pidone.lifecycle import KILL_WAIT, app_reserve
-from pidone.options import (
-    BY_NAME,
-    CONFIG_ENVVAR,
-    OPTIONS,
-    Option,
-    build_config,
-    scan,
-    split_env,
-)
-
-FLAG = "flag"
-DEFAULT = "default"
-
-
-class Setting(NamedTuple):
-    """One option's effective value and where it came from."""
-
-    option: Option
-    value: Any  # parsed; a tuple for repeatable options
-    source: str  # "default", "flag", "env NAME" or "file PATH:LINE"
-
-
-class Resolved(NamedTuple):
-    """Everything ``--check`` found out about a command line and its environment."""
-
-    settings: list[Setting]
-    command: list[str]
-    config_file: tuple[str, str] | None  # (path, source)
-    errors: list[str]  # one line each, every mistake found
-    config: Config | None  # None when there are errors
+from pidone.options import Option
+from pidone.settings import Settings, resolve
 
 
 class Step(NamedTuple):
@@ -90,79 +53,6 @@ def run(
     out.write(report(resolved))
     out.flush()
     return 0
-
-
-def resolve(args: Sequence[str], environ: Mapping[str, str]) -> Resolved:
-    """Every option's value and source, and every mistake: flags, environment, file."""
-    errors: list[str] = []
-    pairs, command = scan(args)
-    given = _given(pairs, errors)
-    config_file: tuple[str, str] | None = None
-    if "config" in given:
-        config_file = (given["config"][-1], FLAG)
-    elif environ.get(CONFIG_ENVVAR):
-        config_file = (environ[CONFIG_ENVVAR], f"env {CONFIG_ENVVAR}")
-    loaded = configfile.read(config_file[0]) if config_file is not None else None
-    if loaded is not None:
-        errors.extend(loaded.errors)
-
-    settings: list[Setting] = []
-    values: dict[str, Any] = {}
-    for opt in OPTIONS:
-        texts, source, where = _raw(opt, given, environ, loaded)
-        parsed: list[Any] = []
-        for text in texts:
-            try:
-                parsed.append(opt.parse(text))
-            except ValueError as exc:
-                errors.append(f"Invalid value for {where}: {exc}")
-        values[opt.key] = tuple(parsed) if opt.multiple else (parsed[-1] if parsed else None)
-        settings.append(Setting(opt, values[opt.key], source))
-    config = None
-    if not errors:
-        try:
-            config = build_config(values, command)
-        except ValueError as exc:
-            errors.append(str(exc))
-    return Resolved(settings, command, config_file, errors, config)
-
-
-def _given(pairs: list[tuple[str, str | None]], errors: list[str]) -> dict[str, list[str]]:
-    """Option texts from the command line by option name; mistakes go to ``errors``."""
-    given: dict[str, list[str]] = {}
-    for name, value in pairs:
-        known = name.startswith("--") and (name[2:] in BY_NAME or name[2:] == "config")
-        if name == "--check":
-            if value is not None:
-                errors.append("Option '--check' does not take a value.")
-        elif not known:
-            errors.append(f"No such option: {name!r}.")
-        elif value is None:
-            errors.append(f"Option {name!r} requires an argument.")
-        else:
-            given.setdefault(name[2:], []).append(value)
-    return given
-
-
-def _raw(
-    opt: Option,
-    given: Mapping[str, list[str]],
-    environ: Mapping[str, str],
-    loaded: configfile.Loaded | None,
-) -> tuple[list[str], str, str]:
-    """The option's effective texts, their source, and how to name them in an error."""
-    if opt.name in given:
-        return given[opt.name], FLAG, f"'--{opt.name}'"
-    env = environ.get(opt.envvar)
-    if env:
-        texts = split_env(env) if opt.multiple else [env]
-        return texts, f"env {opt.envvar}", f"{opt.envvar} (--{opt.name})"
-    if loaded is not None and opt.key in loaded.values:
-        value = loaded.values[opt.key]
-        line = loaded.line(opt.key)
-        where = f"{loaded.path}:{line}" if line is not None else loaded.path
-        return (value if isinstance(value, list) else [value]), f"file {where}", where
-    return ([] if opt.default is None else [opt.default]), DEFAULT, f"default of --{opt.name}"
 
 
 # The shutdown plan -----------------------------------------------------------------
@@ -242,18 +132,17 @@ def warnings(config: Config) -> list[str]:
 # The report ------------------------------------------------------------------------
 
 
-def report(resolved: Resolved) -> str:
+def report(resolved: Settings) -> str:
     """The text ``--check`` prints for a valid configuration."""
     config = resolved.config
     assert config is not None
     lines = ["pidone --check: configuration OK", "", "settings:"]
     rows: list[tuple[str, str, str]] = []
     if resolved.config_file is not None:
-        path, source = resolved.config_file
-        rows.append(("config", path, source))
+        rows.append(("config", resolved.config_file.path, resolved.config_file.describe_source()))
     for setting in resolved.settings:
         shown = _show(setting.option, setting.value)
-        rows.append((setting.option.name, shown[0], setting.source))
+        rows.append((setting.option.name, shown[0], setting.describe_source()))
         rows.extend(("", more, "") for more in shown[1:])
     name_width = max(len(name) for name, _, _ in rows)
     value_width = min(48, max(len(value) for _, value, _ in rows))
@@ -267,18 +156,20 @@ def report(resolved: Resolved) -> str:
     for step in plan(config):
         length = "" if step.duration is None else f"{step.duration:.3f}s"
         lines.append(f"  +{step.start:8.3f}s  {length:>9}  {step.what}")
-    found = warnings(config)
+    found = [
+        f"{name} is set but empty: taken as not set" for name in resolved.empty_env
+    ] + warnings(config)
     if found:
         lines += ["", "warnings:"]
         lines += [f"  {warning}" for warning in found]
     return "\n".join(lines) + "\n"
 
 
-def _show(opt: Option, value: Any) -> list[str]:
+def _show(opt: Option, value: object) -> list[str]:
     """The value as text: one line, or one per value for repeatable options."""
     if opt.name == "shutdown-signal" and not value:
         return ["SIGTERM"]
-    if opt.multiple:
+    if isinstance(value, tuple) and opt.multiple:
         return [_one(opt, item) for item in value] or ["-"]
     if value is None:
         if opt.name == "termination-log":
@@ -287,15 +178,15 @@ def _show(opt: Option, value: Any) -> list[str]:
     return [_one(opt, value)]
 
 
-def _one(opt: Option, value: Any) -> str:
-    if opt.parse is parse_signal:
+def _one(opt: Option, value: object) -> str:
+    if opt.kind in ("signal", "shutdown-signal") and isinstance(value, int):
         return signal_name(value)
-    if opt.parse in (parse_duration, parse_positive_duration):
+    if opt.kind in ("duration", "interval") and isinstance(value, float):
         return f"{value:g}s"
-    if isinstance(value, ExecDrain) and opt.name.endswith("-probe"):
+    if isinstance(value, ExecDrain) and opt.kind == "probe":
         return "exec:" + value.describe()
     if isinstance(value, ExecDrain | HttpDrain | TcpCheck):
         return value.describe()
-    if opt.name in ("remap-exit", "status-addr"):
+    if opt.kind in ("remap", "address") and isinstance(value, tuple):
         return f"{value[0]}:{value[1]}"  # FROM:TO, HOST:PORT
     return str(value)

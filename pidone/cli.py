@@ -1,14 +1,17 @@
-"""The click command: ``--help``, ``--version`` and every usage error.
+"""The click command: the face of pidone for ``--help``, ``--version`` and every usage error.
 
 The command is generated from :data:`pidone.options.OPTIONS`, the one place
-options are declared.  A well-formed command line never gets here (see
-:func:`pidone.options.fast_parse`); this module is imported for help, for
-the version, and to turn any mistake into one line naming the option and
-the value, with exit code 2, before anything is started.
+options are declared.  A well-formed command line never gets here: the
+resolver (:mod:`pidone.settings`) gives its Config straight away.  This
+module is imported for help, for the version, and to turn any mistake into
+one line naming the option and the value, with exit code 2, before anything
+is started.
 
-``--config FILE`` is eager: click reads the file first and makes it the
-context's ``default_map``, so its values rank below the command line and the
-environment and above the defaults, as in the fast parser.  ``--check`` is
+click reads the same inputs as the resolver: the environment it is handed
+(never ``os.environ`` behind its back: see ``_Option``), and the same config
+file through :func:`pidone.configfile.load`, made the context's
+``default_map`` by the eager ``--config``, so its values rank below the
+command line and the environment and above the defaults.  ``--check`` is
 shown here but handled by :mod:`pidone.check`, which reports every mistake
 instead of the first.
 """
@@ -17,22 +20,30 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import cast
 
 import click
 
 from pidone import __version__
 from pidone.config import Config
-from pidone.options import (
-    CONFIG_ENVVAR,
-    ENV_SEPARATOR,
-    OPTIONS,
-    Option,
-    build_config,
-    split_env,
-    wants_check,
-)
+from pidone.options import CONFIG_ENVVAR, ENV_SEPARATOR, OPTIONS, Option, split_env
+from pidone.settings import build_config, wants_check
+
+
+def _environ(ctx: click.Context) -> Mapping[str, str]:
+    """The environment the resolver read, handed to click as the context's ``obj``."""
+    environ = ctx.find_root().obj
+    return environ if isinstance(environ, Mapping) else os.environ
+
+
+class _Option(click.Option):
+    """A click option that reads its variable from the resolver's environment."""
+
+    def resolve_envvar_value(self, ctx: click.Context) -> str | None:
+        if not isinstance(self.envvar, str):
+            return None
+        return _environ(ctx).get(self.envvar) or None  # empty: not set, as in the resolver
 
 
 class _Parsed(click.ParamType):  # type: ignore[type-arg]  # generic only in click's stubs
@@ -47,7 +58,9 @@ class _Parsed(click.ParamType):  # type: ignore[type-arg]  # generic only in cli
         self.name = option.metavar
         self._parse = option.parse
 
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> object:
         if not isinstance(value, str):
             return value
         try:
@@ -56,10 +69,15 @@ class _Parsed(click.ParamType):  # type: ignore[type-arg]  # generic only in cli
             self.fail(str(exc), param, ctx)
 
 
-def _click_option(option: Option) -> Callable[[Any], Any]:
+# What click's decorators wrap: the command function, then the command.
+_Decorated = Callable[..., object]
+
+
+def _click_option(option: Option) -> Callable[[_Decorated], _Decorated]:
     if option.flag:
         return click.option(
             f"--{option.name}",
+            cls=_Option,
             is_flag=True,
             flag_value="true",
             default=None,
@@ -68,6 +86,7 @@ def _click_option(option: Option) -> Callable[[Any], Any]:
         )
     return click.option(
         f"--{option.name}",
+        cls=_Option,
         envvar=option.envvar,
         show_envvar=True,
         type=_Parsed(option),
@@ -79,7 +98,9 @@ def _click_option(option: Option) -> Callable[[Any], Any]:
     )
 
 
-def _flag_value(option: Option, ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+def _flag_value(
+    option: Option, ctx: click.Context, param: click.Parameter, value: str | None
+) -> object:
     """A flag: present on the command line, else the environment, the file, the default.
 
     click reads a flag's environment variable leniently (any unknown word is
@@ -87,10 +108,11 @@ def _flag_value(option: Option, ctx: click.Context, param: click.Parameter, valu
     """
     source = ctx.get_parameter_source(param.name or "")
     text = value
-    if source is not click.core.ParameterSource.COMMANDLINE and os.environ.get(option.envvar):
-        text = os.environ[option.envvar]
+    environ = _environ(ctx)
+    if source is not click.core.ParameterSource.COMMANDLINE and environ.get(option.envvar):
+        text = environ[option.envvar]
     if text is None:
-        text = option.default
+        text = option.default or "false"  # a flag's default is always given; off if not
     try:
         return option.parse(text)
     except ValueError as exc:
@@ -108,14 +130,14 @@ def _load_config(ctx: click.Context, _param: click.Parameter, path: str | None) 
         raise click.UsageError(str(exc), ctx) from None
 
 
-def _command(ctx: click.Context, /, **values: Any) -> Config:
+def _command(ctx: click.Context, /, **values: object) -> Config:
     """Run COMMAND as the app of a container, as its PID 1.
 
     Forwards signals, reaps zombies, passes out the app's exit code (128+N for
     signal N, 127 not found, 126 not executable), and on the shutdown signal
     runs a graceful, bounded stop.
     """
-    argv = values.pop("command")
+    argv = cast("tuple[str, ...]", values.pop("command"))  # nargs=-1: a tuple of texts
     values.pop("check")  # parse() hands --check to pidone.check before click sees it
     if not argv:
         click.echo(ctx.get_usage(), err=True)
@@ -128,7 +150,7 @@ def _command(ctx: click.Context, /, **values: Any) -> Config:
 
 
 def _build() -> click.Command:
-    func: Any = click.pass_context(_command)
+    func: _Decorated = click.pass_context(_command)
     func = click.argument(
         "command", nargs=-1, type=click.UNPROCESSED, metavar="[--] COMMAND [ARG]..."
     )(func)
@@ -146,6 +168,7 @@ def _build() -> click.Command:
         func = _click_option(option)(func)
     func = click.option(
         "--config",
+        cls=_Option,
         envvar=CONFIG_ENVVAR,
         show_envvar=True,
         metavar="FILE",
@@ -166,14 +189,17 @@ def _build() -> click.Command:
 command = _build()
 
 
-def parse(args: Sequence[str]) -> Config | int:
+def parse(args: Sequence[str], environ: Mapping[str, str] | None = None) -> Config | int:
     """The Config, or the exit code after --help, --version, --check or a usage error."""
+    environ = os.environ if environ is None else environ
     if wants_check(args):
         from pidone import check
 
-        return check.run(args, os.environ)
+        return check.run(args, environ)
     try:
-        result = command.main(args=list(args), prog_name="pidone", standalone_mode=False)
+        result = command.main(
+            args=list(args), prog_name="pidone", standalone_mode=False, obj=environ
+        )
     except click.UsageError as exc:
         # One line naming the option and the bad value; no usage block, no traceback.
         click.echo(f"pidone: error: {exc.format_message()}", err=True)

@@ -20,9 +20,12 @@ if TYPE_CHECKING:
     from pidone.user import Credentials
 
 LogFormat = Literal["auto", "json", "console"]
+LogLevel = Literal["debug", "info", "warning", "error"]
 SignalTarget = Literal["child", "group"]
+RestartPolicy = Literal["never", "on-failure", "always"]
+ProbeKind = Literal["startup", "readiness", "liveness"]
 
-LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_LEVELS: tuple[LogLevel, ...] = ("debug", "info", "warning", "error")
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 # Signals an init can never meaningfully be asked to send or to act on.
@@ -62,13 +65,13 @@ class TcpCheck(NamedTuple):
 
 DrainStep = ExecDrain | HttpDrain
 Check = ExecDrain | HttpDrain | TcpCheck
-PROBES = ("startup", "readiness", "liveness")
+PROBES: tuple[ProbeKind, ...] = ("startup", "readiness", "liveness")
 
 
 class Probe(NamedTuple):
     """A Kubernetes-style probe, with Kubernetes' defaults."""
 
-    kind: str  # one of PROBES
+    kind: str  # a ProbeKind; typed str until probes.py keys its tables by ProbeKind
     check: Check
     initial_delay: float = 0.0
     period: float = 10.0
@@ -80,7 +83,7 @@ class Probe(NamedTuple):
 class Config(NamedTuple):
     argv: tuple[str, ...]
     log_format: LogFormat = "auto"
-    log_level: str = "info"
+    log_level: LogLevel = "info"
     signal_to: SignalTarget = "child"
     remap_exit: tuple[tuple[int, int], ...] = ()
     shutdown_signals: frozenset[int] = frozenset({signal.SIGTERM})
@@ -96,7 +99,7 @@ class Config(NamedTuple):
     status_addr: tuple[str, int] | None = None
     notify: bool = False
     watchdog: float | None = None
-    restart: str = "never"  # never | on-failure | always
+    restart: RestartPolicy = "never"
     restart_delay: float = 10.0
     restart_delay_max: float = 300.0
     restart_reset: float = 600.0

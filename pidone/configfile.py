@@ -11,8 +11,13 @@ is allowed too), and the probes as tables::
 which stand for the flat options ``liveness-probe``, ``liveness-period`` and
 so on.  Every value is turned back into text and goes through the same pure
 parser as the command line, so the file accepts exactly what the flags do.
-The result is a ``default_map`` keyed by :attr:`pidone.options.Option.key`:
-command line > environment > file > defaults.
+The result is text values keyed by :attr:`pidone.options.Option.key`;
+:mod:`pidone.settings` ranks them (command line > environment > file >
+defaults), and click takes them as its ``default_map`` for its messages.
+
+At most :data:`MAX_BYTES` (1 MiB) are read: a config file is a few hundred
+bytes, and ``--config /dev/zero`` (or a huge file by mistake) must be one
+line of error, not gigabytes of memory before anything starts.
 
 Any mistake is reported as ``FILE:LINE: key 'NAME': REASON``.  tomllib gives
 no positions, so the line is found by scanning the text for the key, and
@@ -23,28 +28,19 @@ and nothing else, and only when a file is given.
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator, Mapping
-from typing import Any, NamedTuple
+from collections.abc import Iterable, Iterator, Mapping
+from typing import NamedTuple
 
-from pidone.config import (
-    PROBES,
-    parse_count,
-    parse_duration,
-    parse_positive_duration,
-    parse_shutdown_signal,
-    parse_signal,
-)
-from pidone.options import BY_NAME, Option
+from pidone.config import PROBES
+from pidone.options import BY_NAME, NUMERIC_KINDS, Option
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
-# Options whose values may be written as TOML numbers; all others take strings.
-NUMERIC_PARSERS = frozenset(
-    {parse_duration, parse_positive_duration, parse_count, parse_signal, parse_shutdown_signal}
-)
+# The most read from a config file; anything longer is refused.
+MAX_BYTES = 1024 * 1024
 # Keys of a [probes.KIND] table -> the suffix of the flat option they stand for.
 PROBE_KEYS = {
     "target": "probe",
@@ -69,7 +65,7 @@ class Loaded(NamedTuple):
     """A config file, read and checked."""
 
     path: str
-    values: dict[str, FileValue]  # by Option.key, as text: a click default_map
+    values: dict[str, FileValue]  # by Option.key, as text
     keys: dict[str, KeyPath]  # by Option.key: where in the file the value was
     errors: list[str]  # one line each, FILE[:LINE]: ...
     text: str
@@ -81,7 +77,7 @@ class Loaded(NamedTuple):
 
 
 def load(path: str) -> dict[str, FileValue]:
-    """The file's values as a click ``default_map``; ConfigFileError for the first mistake."""
+    """The file's values (a click ``default_map``); ConfigFileError for the first mistake."""
     loaded = read(path)
     if loaded.errors:
         raise ConfigFileError(loaded.errors[0])
@@ -92,10 +88,12 @@ def read(path: str) -> Loaded:
     """Read and check ``path``, collecting every mistake instead of stopping at the first."""
     try:
         with open(path, "rb") as file:
-            data = file.read()
+            data = file.read(MAX_BYTES + 1)
     except OSError as exc:
         reason = exc.strerror or str(exc)
         return Loaded(path, {}, {}, [f"{path}: cannot read config file: {reason}"], "")
+    if len(data) > MAX_BYTES:
+        return Loaded(path, {}, {}, [f"{path}: config file is larger than 1 MiB"], "")
     try:
         text = data.decode()
     except UnicodeDecodeError as exc:
@@ -126,8 +124,8 @@ def read(path: str) -> Loaded:
 
 
 def _entries(
-    document: Mapping[str, Any], problems: list[tuple[KeyPath, str]]
-) -> Iterator[tuple[KeyPath, Option, Any]]:
+    document: Mapping[str, object], problems: list[tuple[KeyPath, str]]
+) -> Iterator[tuple[KeyPath, Option, object]]:
     """Each (key path, option, TOML value) in the file; mistakes go to ``problems``."""
     for name, value in document.items():
         if name == "probes":
@@ -141,8 +139,8 @@ def _entries(
 
 
 def _probe_entries(
-    probes: Any, problems: list[tuple[KeyPath, str]]
-) -> Iterator[tuple[KeyPath, Option, Any]]:
+    probes: object, problems: list[tuple[KeyPath, str]]
+) -> Iterator[tuple[KeyPath, Option, object]]:
     if not isinstance(probes, dict):
         reason = f"expected a table of probes ([probes.liveness] ...), got {_kind(probes)}"
         problems.append((("probes",), reason))
@@ -169,14 +167,14 @@ def _probe_entries(
             yield (*keypath, key), option, value
 
 
-def _unknown(name: str, allowed: Any) -> str:
+def _unknown(name: str, allowed: Iterable[str]) -> str:
     import difflib
 
     close = difflib.get_close_matches(name, list(allowed), n=1)
     return "unknown key" + (f" (did you mean {close[0]!r}?)" if close else "")
 
 
-def _text(option: Option, value: Any) -> FileValue:
+def _text(option: Option, value: object) -> FileValue:
     """The TOML value as the text the command line would have given."""
     if option.flag:  # a flag: true or false (or the words the environment takes)
         if isinstance(value, bool):
@@ -184,7 +182,7 @@ def _text(option: Option, value: Any) -> FileValue:
         if isinstance(value, str):
             return value
         raise ValueError(f"expected true or false, got {_kind(value)}")
-    numeric = option.parse in NUMERIC_PARSERS
+    numeric = option.kind in NUMERIC_KINDS
     scalar = "a number or a string" if numeric else "a string"
     if not option.multiple:
         return _scalar(value, numeric, f"expected {scalar}")
@@ -198,7 +196,7 @@ def _text(option: Option, value: Any) -> FileValue:
     ]
 
 
-def _scalar(value: Any, numeric: bool, expected: str) -> str:
+def _scalar(value: object, numeric: bool, expected: str) -> str:
     if isinstance(value, str):
         return value
     # bool before int: True is an int to Python, never a number of seconds here.
@@ -209,7 +207,7 @@ def _scalar(value: Any, numeric: bool, expected: str) -> str:
     raise ValueError(f"{expected}, got {_kind(value)}")
 
 
-def _kind(value: Any) -> str:
+def _kind(value: object) -> str:
     kinds: tuple[tuple[type, str], ...] = (
         (bool, "a boolean"),
         (int, "an integer"),

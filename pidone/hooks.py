@@ -13,34 +13,69 @@ pidone's stdout/stderr (inherited descriptors), never through pidone's
 memory; a probe's output is captured through a pipe in the loop's selector,
 keeping only its last few kilobytes, for the ``Unhealthy`` report.
 
-HTTP requests and TCP connects need no curl in the image: one short-lived
-thread each (the standard library has no non-blocking HTTPS client), bounded
-by a socket timeout.  The thread reports back through a pipe that the event
-loop watches, so the loop still blocks in one place.  A thread that outlives
-its time limit is simply forgotten: it holds no process and ends with pidone.
+HTTP requests and TCP connects need no curl in the image.  Plain HTTP and
+TCP to an IP address run in the loop's selector as non-blocking sockets.  A
+host name needs a DNS lookup and HTTPS a TLS handshake, both blocking in the
+standard library: those run on a short-lived worker thread each, never on
+the loop.  The thread reports back through a pipe that the loop watches, so
+the loop still blocks in one place.
+
+What pidone holds for them is bounded whatever servers do: every blocking
+step of a worker is limited by the run's absolute deadline (a server sending
+one header byte at a time cannot keep it), the loop shuts the worker's
+socket down when it gives up on the run (which wakes the thread at once),
+and at most :data:`MAX_THREADS` workers exist at a time.
+
+Every resource a run needs can be missing (a thread at a pids limit, a
+descriptor under ``ulimit -n``, a process slot for ``posix_spawn``): that one
+run then fails with ``errored`` set and a detail saying what was missing;
+pidone and the app go on.  HTTPS certificates are not verified, as the
+kubelet does not for ``httpGet`` probes and hooks.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import ipaddress
 import os
 import selectors
 import signal
 import socket
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
+from urllib.parse import urlsplit
 
-from pidone import spawn
+# Imported here, not where used: pidone imports this module once the app
+# runs, and an import is an open() that fails under EMFILE, when an action
+# that needs it may be exactly what is running short.  (ssl alone stays lazy,
+# on the worker thread: it costs memory, and failing there fails one run.)
+from pidone import spawn, tree
 from pidone.config import Check, ExecDrain, HttpDrain, TcpCheck, signal_name
 from pidone.user import Credentials
 
 # What a probe's output may cost pidone's memory, per run.
 OUTPUT_LIMIT = 4096
+# How much of an HTTP response is read, at most: the status line and headers.
+MAX_HEADERS = 8192
+# Worker threads alive at once.  Probes (three kinds, never two runs of one
+# at once), one post-start hook and one drain need five; the rest is room for
+# threads past their deadline that are still in a DNS lookup, which nothing
+# can interrupt.  A run that finds no free slot fails at once (``errored``).
+MAX_THREADS = 8
+# A worker's own deadline when its run has none (drains: the shutdown
+# machine cancels them); the loop's cancel wakes it long before.
+THREAD_LIMIT = 3600.0
+# errno values that mean pidone lacked a resource (a pids or fd limit, memory),
+# not that the target is unhealthy.
+RESOURCE_ERRNOS = frozenset(
+    {errno.EAGAIN, errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS, errno.ENOSPC}
+)
 
 
 @dataclass(frozen=True)
@@ -62,43 +97,196 @@ class DrainOutcome:
 
 
 def tcp_connect(check: TcpCheck, timeout: float) -> tuple[bool, str]:
-    """Open and close one TCP connection.  Never raises."""
-    import socket
-
-    try:
-        with socket.create_connection((check.host, check.port), timeout=max(timeout, 0.001)):
-            pass
-    except Exception as exc:
-        return False, f"{type(exc).__name__}: {exc}"
-    return True, "connected"
+    """Open and close one TCP connection, blocking at most ``timeout``.  Never raises."""
+    return _blocking_check(check, time.monotonic() + max(timeout, 0.001), _Waker())[:2]
 
 
 def http_request(step: HttpDrain, timeout: float) -> tuple[bool, str]:
-    """Send the request; success is a 2xx or 3xx status.  Never raises."""
-    import http.client
-    from urllib.parse import urlsplit
+    """Send the request, blocking at most ``timeout``; 2xx or 3xx succeed.  Never raises."""
+    return _blocking_check(step, time.monotonic() + max(timeout, 0.001), _Waker())[:2]
 
-    url = urlsplit(step.url)
-    conn_type = http.client.HTTPSConnection if url.scheme == "https" else http.client.HTTPConnection
-    path = url.path or "/"
-    if url.query:
-        path += "?" + url.query
-    try:
-        conn = conn_type(url.hostname or "", url.port, timeout=max(timeout, 0.001))
-    except Exception as exc:
-        return False, f"{type(exc).__name__}: {exc}"
-    try:
-        conn.request(step.method, path, headers={"User-Agent": "pidone-drain"})
-        status = conn.getresponse().status
-    # Not just OSError and HTTPException: a non-ASCII path raises
-    # UnicodeEncodeError, a huge timeout OverflowError. Whatever it is, the
-    # drain failed; a dying thread would only print a traceback and leave
-    # the loop waiting for the drain's whole share.
-    except Exception as exc:
-        return False, f"{type(exc).__name__}: {exc}"
-    finally:
-        conn.close()
+
+def _request_bytes(action: HttpDrain) -> bytes:
+    """The request as sent on the wire; UnicodeEncodeError for what ASCII cannot say."""
+
+    url = urlsplit(action.url)
+    path = (url.path or "/") + (f"?{url.query}" if url.query else "")
+    host = url.netloc.rpartition("@")[2]  # never the user:password part
+    request = (
+        f"{action.method} {path} HTTP/1.1\r\nHost: {host}\r\n"
+        "User-Agent: pidone\r\nConnection: close\r\n\r\n"
+    )
+    return request.encode("ascii")  # as http.client: no guessing
+
+
+def _verdict(reply: bytes, *, eof: bool) -> tuple[bool, str] | None:
+    """The outcome of an HTTP response read so far, or None while more is needed.
+
+    A response counts once its headers are complete (as for http.client); the
+    body is never read.  A server that never finishes them fails at the deadline.
+    """
+    if b"\r\n\r\n" not in reply:
+        if eof:
+            return False, "connection closed before the response headers ended"
+        if len(reply) > MAX_HEADERS:
+            return False, f"response headers longer than {MAX_HEADERS // 1024} KiB"
+        return None
+    parts = reply.partition(b"\r\n")[0].split()
+    if len(parts) < 2 or not parts[0].startswith(b"HTTP/") or not parts[1].isdigit():
+        return False, "not an HTTP response"
+    status = int(parts[1])
     return 200 <= status < 400, f"HTTP {status}"
+
+
+def _failure(exc: BaseException) -> tuple[str, bool]:
+    """(detail, errored): errored when pidone lacked a resource, not the target."""
+    detail = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, OSError) and exc.errno in RESOURCE_ERRNOS:
+        return detail, True
+    if isinstance(exc, RuntimeError) and "thread" in str(exc):
+        return detail, True  # "can't start new thread": a pids limit
+    return detail, False
+
+
+class _AbortedError(Exception):
+    """The loop gave up on this check (cancelled, or past its deadline)."""
+
+
+class _Waker:
+    """The socket a worker thread is blocked on, so that the loop can wake it.
+
+    The loop never closes the thread's socket: its fd number could be reused
+    by something else of pidone's before the thread's next call.  It shuts it
+    down instead, which ends at once every connect, send, recv or TLS
+    handshake blocked on it; the thread closes its socket itself, under the
+    same lock.  A lookup (getaddrinfo) cannot be woken: the flag stops the
+    thread right after it, and the thread cap bounds what lookups can hold.
+    """
+
+    def __init__(self) -> None:
+
+        self._lock = threading.Lock()
+        self._sock: socket.socket | None = None
+        self.aborted = False
+
+    def hold(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sock = sock
+            if self.aborted:
+                raise _AbortedError
+
+    def check(self) -> None:
+        if self.aborted:
+            raise _AbortedError
+
+    def release(self) -> None:
+        with self._lock:
+            sock, self._sock = self._sock, None
+            if sock is not None:
+                sock.close()
+
+    def abort(self) -> None:
+        """From the loop: never blocks (shutdown() of a socket returns at once)."""
+        with self._lock:
+            self.aborted = True
+            if self._sock is not None:
+                with contextlib.suppress(OSError):
+                    # The plain socket's shutdown, also for an SSLSocket: its own
+                    # would tear down the TLS object under the thread's feet.
+                    socket.socket.shutdown(self._sock, socket.SHUT_RDWR)
+
+
+def _blocking_check(
+    action: HttpDrain | TcpCheck, deadline: float, waker: _Waker
+) -> tuple[bool, str, bool]:
+    """One TCP connect or HTTP(S) request, on a worker thread: (ok, detail, errored).
+
+    Never raises.
+
+    Every blocking step is bounded by what is left of the absolute
+    ``deadline`` (a socket timeout alone would let a server that sends one
+    byte at a time keep the thread forever), and ``waker`` lets the loop end
+    it sooner.  Certificates are not verified, as the kubelet does not for
+    ``httpGet`` probes and hooks: the check asks whether the app answers,
+    not who it is.
+    """
+    try:
+        return (*_exchange(action, deadline, waker), False)
+    except _AbortedError:
+        return False, "cancelled", False
+    # Not just OSError: a non-ASCII path raises UnicodeEncodeError, an odd URL
+    # ValueError.  Whatever it is, the check failed; a dying thread would
+    # only print a traceback.
+    except Exception as exc:
+        return (False, *_failure(exc))
+    finally:
+        waker.release()
+
+
+def _left(deadline: float) -> float:
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("timed out")
+    return left
+
+
+def _exchange(action: HttpDrain | TcpCheck, deadline: float, waker: _Waker) -> tuple[bool, str]:
+    request = b""
+    tls = False
+    if isinstance(action, TcpCheck):
+        host, port = action.host, action.port
+    else:
+        url = urlsplit(action.url)
+        tls = url.scheme == "https"
+        host, port = url.hostname or "", url.port or (443 if tls else 80)
+        request = _request_bytes(action)
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    sock = _connect_any(infos, deadline, waker)
+    if isinstance(action, TcpCheck):
+        return True, "connected"
+    if tls:
+        import ssl
+
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        sock.settimeout(_left(deadline))
+        sock = context.wrap_socket(sock, server_hostname=host, do_handshake_on_connect=False)
+        waker.hold(sock)
+        sock.settimeout(_left(deadline))
+        sock.do_handshake()  # CPython bounds the whole handshake by the timeout
+    sock.settimeout(_left(deadline))
+    sock.sendall(request)  # bounded as a whole too
+    reply = b""
+    while True:
+        waker.check()
+        sock.settimeout(_left(deadline))
+        chunk = sock.recv(4096)
+        reply += chunk
+        verdict = _verdict(reply, eof=not chunk)
+        if verdict is not None:
+            return verdict
+
+
+def _connect_any(
+    infos: list[tuple[Any, Any, int, str, Any]], deadline: float, waker: _Waker
+) -> socket.socket:
+    error: OSError = OSError(errno.EADDRNOTAVAIL, "no address")
+    for family, kind, proto, _name, addr in infos:
+        waker.check()
+        sock = socket.socket(family, kind, proto)
+        waker.hold(sock)
+        try:
+            sock.settimeout(_left(deadline))
+            sock.connect(addr)
+        except TimeoutError:
+            raise
+        except OSError as exc:
+            error = exc
+            waker.release()
+            continue
+        return sock
+    raise error
 
 
 def _plain_target(action: HttpDrain | TcpCheck) -> tuple[str, int, int] | None:
@@ -108,13 +296,10 @@ def _plain_target(action: HttpDrain | TcpCheck) -> tuple[str, int, int] | None:
     host name needs a resolver, both blocking in the standard library; those
     run on a thread.
     """
-    import ipaddress
 
     if isinstance(action, TcpCheck):
         host, port = action.host, action.port
     else:
-        from urllib.parse import urlsplit
-
         url = urlsplit(action.url)
         if url.scheme != "http" or url.hostname is None:
             return None
@@ -123,6 +308,8 @@ def _plain_target(action: HttpDrain | TcpCheck) -> tuple[str, int, int] | None:
         ip = ipaddress.ip_address(host)
     except ValueError:
         return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.scope_id:
+        return None  # "fe80::1%eth0": the socket module would resolve the scope
     return str(ip), port, (socket.AF_INET6 if ip.version == 6 else socket.AF_INET)
 
 
@@ -139,35 +326,33 @@ class _Connection:
         selector: selectors.BaseSelector,
         target: tuple[str, int, int],
         action: HttpDrain | TcpCheck,
-        done: Callable[[bool, str], None],
+        done: Callable[..., None],
     ) -> None:
         self._selector = selector
         self._done = done
         self._request = b""
-        self._sock: socket.socket | None
+        self._reply = b""
+        self._sock: socket.socket | None = None
         if isinstance(action, HttpDrain):
-            from urllib.parse import urlsplit
-
-            url = urlsplit(action.url)
-            path = (url.path or "/") + (f"?{url.query}" if url.query else "")
-            request = (
-                f"{action.method} {path} HTTP/1.1\r\nHost: {url.netloc}\r\n"
-                "User-Agent: pidone\r\nConnection: close\r\n\r\n"
-            )
             try:
-                self._request = request.encode("ascii")  # as http.client: no guessing
+                self._request = _request_bytes(action)
             except UnicodeEncodeError as exc:
-                self._sock = None
                 self._done(False, f"UnicodeEncodeError: {exc}")
                 return
-        self._reply = b""
-        self._sock = socket.socket(target[2], socket.SOCK_STREAM)
-        self._sock.setblocking(False)
-        err = self._sock.connect_ex(target[:2])
-        if err not in (0, errno.EINPROGRESS):
-            self._finish(False, f"ConnectionError: {os.strerror(err)}")
-            return
-        selector.register(self._sock, selectors.EVENT_WRITE, self._on_ready)
+        try:
+            # Out of descriptors (EMFILE) or kernel memory: this run fails, as
+            # an ``errored`` one; pidone goes on.
+            self._sock = socket.socket(target[2], socket.SOCK_STREAM)
+            self._sock.setblocking(False)
+            err = self._sock.connect_ex(target[:2])
+            if err not in (0, errno.EINPROGRESS):
+                self._finish(False, f"ConnectionError: {os.strerror(err)}")
+                return
+            selector.register(self._sock, selectors.EVENT_WRITE, self._on_ready)
+        except OSError as exc:
+            detail, errored = _failure(exc)
+            self.close()
+            self._done(False, detail, errored=errored)
 
     def _on_ready(self, mask: int) -> None:
         sock = self._sock
@@ -202,20 +387,9 @@ class _Connection:
             self._finish(False, f"{type(exc).__name__}: {exc}")
             return
         self._reply += chunk
-        # A response counts once its headers are complete (as for http.client);
-        # a server that never finishes them fails at the deadline.
-        if b"\r\n\r\n" not in self._reply:
-            if not chunk:
-                self._finish(False, "connection closed before the response headers ended")
-            elif len(self._reply) > 8192:
-                self._finish(False, "response headers longer than 8 KiB")
-            return
-        parts = self._reply.partition(b"\r\n")[0].split()
-        if len(parts) < 2 or not parts[0].startswith(b"HTTP/") or not parts[1].isdigit():
-            self._finish(False, "not an HTTP response")
-            return
-        status = int(parts[1])
-        self._finish(200 <= status < 400, f"HTTP {status}")
+        verdict = _verdict(self._reply, eof=not chunk)
+        if verdict is not None:
+            self._finish(*verdict)
 
     def _finish(self, ok: bool, detail: str) -> None:
         self.close()
@@ -234,6 +408,10 @@ class Result(NamedTuple):
     detail: str  # "exit code 3", "HTTP 503", "timed out after 1s", an exception
     output: str  # the captured output's tail (commands run with capture), else ""
     duration: float
+    # True when the action could not be run at all because pidone lacked a
+    # resource (a thread, a descriptor, a process, a free worker slot): the
+    # target was not checked.  ``ok`` is then False.
+    errored: bool = False
 
 
 OnDone = Callable[[Result], None]
@@ -249,6 +427,7 @@ class _Job:
         "probe",
         "started",
         "timeout",
+        "waker",
     )
 
     def __init__(self, started: float, timeout: float | None, on_done: OnDone) -> None:
@@ -258,6 +437,7 @@ class _Job:
         self.deadline = None if timeout is None else started + timeout
         self.pid: int | None = None
         self.probe: _Connection | None = None  # a plain TCP/HTTP check in the selector
+        self.waker: _Waker | None = None  # a TCP/HTTP check on a worker thread
         self.output_fd: int | None = None
         self.output = b""
 
@@ -280,7 +460,8 @@ class Runner:
         self._next_token = 0
         self._threads_fd: int | None = None
         self._write_fd = -1
-        self._finished: deque[tuple[int, bool, str]] = deque()
+        self._threads = 0  # worker threads started and not yet reported back
+        self._finished: deque[tuple[int, bool, str, bool]] = deque()
         self._exited: deque[tuple[int, spawn.Exit]] = deque()
 
     # -- starting and stopping --------------------------------------------------
@@ -290,7 +471,9 @@ class Runner:
     ) -> int:
         """Start ``action``; return its token.  ``on_done`` gets its one Result.
 
-        A command that cannot start at all ends (and calls ``on_done``) at once.
+        A run that cannot start at all (a command not found; a thread, pipe,
+        socket or process pidone cannot get: ``Result.errored``) ends, and
+        calls ``on_done``, at once.
         """
         self._next_token += 1
         token = self._next_token
@@ -301,7 +484,7 @@ class Runner:
         else:
             plain = _plain_target(action)
             if plain is None:
-                self._start_thread(token, action, timeout)
+                self._start_thread(token, job, action, timeout)
             else:
                 job.probe = _Connection(self._selector, plain, action, self._socket_done(token))
         return token
@@ -312,17 +495,17 @@ class Runner:
         if job is None:
             return
         if job.pid is not None:
-            from pidone import tree
-
             tree.kill_tree(job.pid)
             self._by_pid.pop(job.pid, None)  # its exit is reaped as an orphan
+        if job.waker is not None:
+            job.waker.abort()  # the thread wakes up, closes its socket and ends
 
         self._complete(token, ok=False, detail=reason)
 
-    def _socket_done(self, token: int) -> Callable[[bool, str], None]:
-        def done(ok: bool, detail: str) -> None:
+    def _socket_done(self, token: int) -> Callable[..., None]:
+        def done(ok: bool, detail: str, *, errored: bool = False) -> None:
             if token in self._jobs:
-                self._complete(token, ok=ok, detail=detail)
+                self._complete(token, ok=ok, detail=detail, errored=errored)
 
         return done
 
@@ -370,25 +553,34 @@ class Runner:
     # -- internals ----------------------------------------------------------------
 
     def _start_command(self, token: int, job: _Job, action: ExecDrain, capture: bool) -> None:
-        read_fd = write_fd = None
+        write_fd = None
         if capture:
-            read_fd, write_fd = os.pipe()
-            os.set_blocking(read_fd, False)
+            try:
+                read_fd, write_fd = os.pipe()
+                job.output_fd = read_fd  # closed (and unregistered) by _complete
+                os.set_blocking(read_fd, False)
+                self._selector.register(read_fd, selectors.EVENT_READ, lambda _m: self._read(job))
+            except OSError as exc:  # EMFILE, or epoll out of memory
+                if write_fd is not None:
+                    os.close(write_fd)
+                detail, errored = _failure(exc)
+                self._complete(
+                    token, ok=False, detail=f"no pipe for the output: {detail}", errored=errored
+                )
+                return
         try:
             job.pid = spawn.spawn_action(
                 action.argv, output_fd=write_fd, user=self._user, no_new_privs=self._no_new_privs
             )
         except spawn.SpawnError as exc:
-            if read_fd is not None and write_fd is not None:
-                os.close(read_fd)
-                os.close(write_fd)
-            self._complete(token, ok=False, detail=str(exc))
+            # EAGAIN at the pids limit, EMFILE, ENOMEM: pidone's want, not the
+            # command's fault.  ENOENT, EACCES: the command's.
+            self._complete(token, ok=False, detail=str(exc), errored=exc.errno in RESOURCE_ERRNOS)
             return
+        finally:
+            if write_fd is not None:
+                os.close(write_fd)
         self._by_pid[job.pid] = token
-        if read_fd is not None and write_fd is not None:
-            os.close(write_fd)
-            job.output_fd = read_fd
-            self._selector.register(read_fd, selectors.EVENT_READ, lambda _mask: self._read(job))
 
     def _read(self, job: _Job) -> None:
         if job.output_fd is None:
@@ -404,40 +596,90 @@ class Runner:
 
     def _close_output(self, job: _Job) -> None:
         if job.output_fd is not None:
-            self._selector.unregister(job.output_fd)
+            with contextlib.suppress(KeyError, ValueError):  # a registration that failed
+                self._selector.unregister(job.output_fd)
             os.close(job.output_fd)
             job.output_fd = None
 
     def _start_thread(
-        self, token: int, action: HttpDrain | TcpCheck, timeout: float | None
+        self, token: int, job: _Job, action: HttpDrain | TcpCheck, timeout: float | None
     ) -> None:
-        import threading
+        """Run a check that needs a DNS lookup or a TLS handshake on a worker thread.
 
-        if self._threads_fd is None:
-            # A thread holding the GIL makes the main thread wait up to the
-            # switch interval (5 ms by default) before it can forward a signal.
-            # Worker threads here only wait on sockets; let the loop in sooner.
-            sys.setswitchinterval(0.0005)
-            self._threads_fd, self._write_fd = os.pipe()
-            os.set_blocking(self._threads_fd, False)
-            self._selector.register(self._threads_fd, selectors.EVENT_READ, self._on_threads)
-        # The socket's own limit only keeps the thread from lingering; the
-        # runner's deadline is the real one (and 1e10 s would overflow it).
-        limit = min(3600.0, 3600.0 if timeout is None else timeout)
+        Each thing it needs can be missing: a free slot (``MAX_THREADS``), the
+        report pipe (EMFILE), the thread itself (a pids limit makes
+        ``Thread.start`` raise "can't start new thread").  Then this one run
+        fails, ``errored``; pidone goes on and tries again next time.
+        """
+
+        if self._threads >= MAX_THREADS:
+            self._complete(
+                token,
+                ok=False,
+                detail=f"skipped: all {MAX_THREADS} worker threads busy "
+                "(earlier checks still in a DNS lookup or a connection)",
+                errored=True,
+            )
+            return
+        try:
+            self._report_pipe()
+        except OSError as exc:
+            detail, errored = _failure(exc)
+            self._complete(token, ok=False, detail=f"no pipe: {detail}", errored=errored)
+            return
+        # The thread's own absolute deadline; the runner's (or the shutdown
+        # machine's) cancel wakes it sooner through the waker.
+        deadline = time.monotonic() + min(
+            THREAD_LIMIT, THREAD_LIMIT if timeout is None else timeout
+        )
+        waker = _Waker()
+        write_fd = self._write_fd
 
         def run() -> None:
-            # A send to a closed peer raises SIGPIPE in this thread; blocked, it
-            # stays pending here instead of being forwarded to the app as its own.
-            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGPIPE})
-            if isinstance(action, TcpCheck):
-                ok, detail = tcp_connect(action, limit)
-            else:
-                ok, detail = http_request(action, limit)
-            self._finished.append((token, ok, detail))
-            with contextlib.suppress(OSError):
-                os.write(self._write_fd, b"!")
+            ok, detail, errored = False, "worker thread ended without a result", False
+            try:
+                # A send to a closed peer raises SIGPIPE in this thread; blocked, it
+                # stays pending here instead of being forwarded to the app as its own.
+                signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGPIPE})
+                ok, detail, errored = _blocking_check(action, deadline, waker)
+            finally:
+                # Always reported, so that the slot is always given back.
+                self._finished.append((token, ok, detail, errored))
+                with contextlib.suppress(OSError):
+                    os.write(write_fd, b"!")
 
-        threading.Thread(target=run, name=f"action-{token}", daemon=True).start()
+        thread = threading.Thread(target=run, name=f"action-{token}", daemon=True)
+        try:
+            thread.start()
+        except (RuntimeError, OSError) as exc:  # "can't start new thread" at a pids limit
+            self._complete(token, ok=False, detail=f"cannot start a thread: {exc}", errored=True)
+            return
+        self._threads += 1
+        job.waker = waker
+
+    def _report_pipe(self) -> None:
+        """The pipe worker threads report back on, made once (and retried if it failed)."""
+        if self._threads_fd is not None:
+            return
+        read_fd, write_fd = os.pipe()
+        try:
+            os.set_blocking(read_fd, False)
+            os.set_blocking(write_fd, False)  # a worker must never block on it either
+            self._selector.register(read_fd, selectors.EVENT_READ, self._on_threads)
+        except OSError:
+            os.close(read_fd)
+            os.close(write_fd)
+            raise
+        self._threads_fd, self._write_fd = read_fd, write_fd
+        # A thread holding the GIL makes the main thread wait up to the
+        # switch interval (5 ms by default) before it can forward a signal.
+        # Worker threads here only wait on sockets; let the loop in sooner.
+        sys.setswitchinterval(0.0005)
+
+    @property
+    def threads(self) -> int:
+        """Worker threads running now (those past their run's end included)."""
+        return self._threads
 
     def _on_threads(self, _mask: int) -> None:
         assert self._threads_fd is not None
@@ -445,15 +687,18 @@ class Runner:
             while os.read(self._threads_fd, 4096):
                 pass
         while self._finished:
-            token, ok, detail = self._finished.popleft()
+            token, ok, detail, errored = self._finished.popleft()
+            self._threads -= 1
             if token in self._jobs:  # else: cancelled or timed out already
-                self._complete(token, ok=ok, detail=detail)
+                self._complete(token, ok=ok, detail=detail, errored=errored)
 
-    def _complete(self, token: int, *, ok: bool, detail: str) -> None:
+    def _complete(self, token: int, *, ok: bool, detail: str, errored: bool = False) -> None:
         job = self._jobs.pop(token)
         if job.probe is not None:
             job.probe.close()
+        if job.waker is not None:
+            job.waker.abort()  # timed out or done: the thread must not linger
         self._read(job)  # whatever the command wrote before it exited
         self._close_output(job)
         output = job.output.decode("utf-8", "replace")
-        job.on_done(Result(ok, detail, output, time.monotonic() - job.started))
+        job.on_done(Result(ok, detail, output, time.monotonic() - job.started, errored))

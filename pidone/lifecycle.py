@@ -1,11 +1,20 @@
-"""The shutdown state machine: pure, clock-free, process-free.
+"""The lifecycle machine: pure, clock-free, process-free.
 
-The event loop feeds it events (a shutdown signal, the app's exit, a drain
+Two machines, one inside the other:
+
+- :class:`Life` is the whole life of the container: the init commands one
+  after another, the runs of the app, the backoff between runs, the end.  It
+  owns every decision the loop would otherwise scatter: is this shutdown
+  signal the first?  does a failing probe still stop anything?  restart or
+  exit?  with which reason and exit code (its :class:`Outcome`)?
+- :class:`Shutdown` is the stop of one run, inside the grace.
+
+The event loop feeds events (a shutdown signal, a process's exit, a drain
 finishing, "nothing is left", a deadline passing), always with the current
 monotonic time, and carries out the actions it returns.  All budget
 arithmetic lives here so that it can be tested without a single process.
 
-Phases::
+Phases of one stop::
 
     running -> draining -> stopping -> killing -> done
        \\______ (app exits on its own) __/
@@ -22,6 +31,9 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import Literal
+
+from pidone.config import Config
 
 # After SIGKILL nothing can resist except a process stuck in the kernel
 # (uninterruptible sleep); do not let one of those hold the container hostage.
@@ -105,7 +117,9 @@ class Shutdown:
     phase: Phase = Phase.RUNNING
     started_at: float | None = None  # first shutdown signal, or the app's own exit
     deadline: float | None = None  # the hard end of the grace
-    cause: str | None = None  # "signal" | "app_exit"
+    # "signal", "app_exit", or pidone's own: "post_start_failed", "watchdog",
+    # "startup_probe_failed", "liveness_probe_failed".
+    cause: str | None = None
     forced: bool = False
     escalated: bool = False
     app_exited: bool = False
@@ -302,3 +316,235 @@ def should_restart(policy: str, cause: str | None, exit_code: int, failed: bool)
     if policy == "never" or cause == "signal":
         return False
     return policy == "always" or exit_code != 0 or failed
+
+
+# The whole life ---------------------------------------------------------------
+
+Stage = Literal["init", "app", "backoff", "done"]
+# How a shutdown signal was taken: it began the stop, joined a stop pidone had
+# already begun, forced the stop under way, ended the backoff, or came too late.
+SignalTake = Literal["started", "joined", "again", "ended_backoff", "late"]
+
+
+@dataclass(frozen=True)
+class StartInit:
+    index: int
+
+
+@dataclass(frozen=True)
+class StartApp:
+    pass
+
+
+@dataclass(frozen=True)
+class RestartLater:
+    """The run is over and another follows after ``delay`` seconds."""
+
+    delay: float
+
+
+@dataclass(frozen=True)
+class Exit:
+    """The life is over: pidone reports and exits (see :meth:`Life.exit_code`)."""
+
+
+LifeAction = Action | StartInit | StartApp | RestartLater | Exit
+
+
+@dataclass
+class Outcome:
+    """What is known of how one run ended, and the reason and code that follow.
+
+    Reasons, in order of what explains the end best (the first that holds wins):
+    InitFailed, StartError, OOMKilled, pidone's own reason (a failed hook or
+    probe, the watchdog), Killed, Signaled, Completed, Error.
+    """
+
+    app_code: int | None = None  # the shell's view: the code, or 128+N
+    app_signal: int | None = None
+    oom: bool = False
+    start_error: str | None = None
+    failure: str | None = None  # a reason of pidone's own deciding
+    failed_step: int | None = None  # the index of the init command that failed
+    killed: int = 0  # processes SIGKILLed at the deadline
+
+    def reason(self, shutdown: Shutdown) -> str:
+        ladder = (
+            (self.failure == "InitFailed", "InitFailed"),
+            (self.start_error is not None, "StartError"),
+            (self.oom, "OOMKilled"),
+            (self.failure is not None, self.failure),
+            (shutdown.forced or (shutdown.escalated and self.killed > 0), "Killed"),
+            (self.app_signal is not None, "Signaled"),
+            (self.app_code == 0, "Completed"),
+        )
+        return next((str(reason) for holds, reason in ladder if holds), "Error")
+
+    def exit_code(self) -> int:
+        # The app is reaped before pidone finishes, even after SIGKILL; only a
+        # process stuck in the kernel leaves no status: report it as killed.
+        code = 137 if self.app_code is None else self.app_code
+        if code == 0 and self.failure is not None:
+            return 1  # the app stopped cleanly, but because it was unhealthy
+        return code
+
+
+class Life:
+    """Init commands, runs of the app, backoff, done: every decision, no I/O."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.stage: Stage = "init" if config.inits else "app"
+        self.init_index = 0
+        self.shutdown = self._new_shutdown()
+        self.outcome = Outcome()
+        self.shutdown_signal: int | None = None  # the first from outside; never undone
+        self.run_started_at: float | None = None
+        self.restart_at: float | None = None
+        self.backoff = Backoff(config.restart_delay, config.restart_delay_max, config.restart_reset)
+
+    def _new_shutdown(self) -> Shutdown:
+        if self.stage == "init":
+            # While an init command runs there is nothing to drain: a shutdown
+            # signal only stops it, within the grace.
+            return Shutdown(grace=self.config.grace, stop_signal=self.config.stop_signal)
+        return Shutdown(
+            grace=self.config.grace,
+            stop_signal=self.config.stop_signal,
+            drain_count=len(self.config.drains),
+            pre_stop_delay=self.config.pre_stop_delay,
+        )
+
+    # -- queries ------------------------------------------------------------
+
+    @property
+    def done(self) -> bool:
+        return self.stage == "done"
+
+    def next_deadline(self) -> float | None:
+        return self.restart_at if self.stage == "backoff" else self.shutdown.next_deadline()
+
+    def first(self) -> LifeAction:
+        """What to start first."""
+        return StartInit(0) if self.stage == "init" else StartApp()
+
+    # -- events -------------------------------------------------------------
+
+    def on_started(self, now: float) -> None:
+        """The process of the current stage runs (an init command or the app)."""
+        self.run_started_at = now
+
+    def on_start_failed(
+        self, now: float, error: str, exit_code: int, *, leftovers: bool
+    ) -> list[LifeAction]:
+        """The current stage's process could not be executed."""
+        self.outcome.start_error = error
+        self.outcome.app_code = exit_code
+        if self.stage == "init":
+            self.outcome.failure = "InitFailed"
+            self.outcome.failed_step = self.init_index
+        if leftovers:
+            # An init command that already ran left something behind: it gets
+            # the stop signal and the grace, as an app's leftovers would.
+            return list(self.shutdown.on_app_exit(now))
+        return self._end()
+
+    def on_init_exit(self, code: int) -> list[LifeAction] | None:
+        """An init command ended; the next step, or None when it failed (then: on_exit)."""
+        if code != 0 or self.shutdown.phase is not Phase.RUNNING:
+            if self.shutdown.phase is Phase.RUNNING:
+                self.outcome.failure = "InitFailed"
+            self.outcome.failed_step = self.init_index
+            return None
+        self.init_index += 1
+        if self.init_index < len(self.config.inits):
+            return [StartInit(self.init_index)]
+        self.stage = "app"
+        self.shutdown = self._new_shutdown()
+        return [StartApp()]
+
+    def on_exit(self, now: float, code: int, app_signal: int | None) -> list[LifeAction]:
+        """The supervised process (the app, or a failed init command) is gone."""
+        self.outcome.app_code = code
+        self.outcome.app_signal = app_signal
+        return list(self.shutdown.on_app_exit(now))
+
+    def on_shutdown_signal(self, now: float, signum: int) -> tuple[SignalTake, list[LifeAction]]:
+        if self.stage == "backoff":  # nothing runs: end now
+            self.restart_at = None
+            return "ended_backoff", self._end()
+        first = self.shutdown_signal is None
+        if first:
+            self.shutdown_signal = signum
+        phase = self.shutdown.phase
+        take: SignalTake = (
+            "started"
+            if phase is Phase.RUNNING
+            else "late"
+            if phase is Phase.DONE
+            else "joined"
+            if first
+            else "again"
+        )
+        return take, list(self.shutdown.on_shutdown_signal(now))
+
+    def on_stop_request(self, now: float, reason: str, cause: str) -> list[LifeAction] | None:
+        """pidone stops the app for its own reason; None when a stop is under way already."""
+        if self.shutdown.phase is not Phase.RUNNING:
+            return None
+        self.outcome.failure = reason
+        return list(self.shutdown.on_stop_request(now, cause))
+
+    def on_drain_done(self, now: float, index: int) -> list[LifeAction]:
+        return list(self.shutdown.on_drain_done(now, index))
+
+    def on_nothing_left(self, now: float) -> list[LifeAction]:
+        return list(self.shutdown.on_nothing_left(now))
+
+    def on_killed(self, count: int) -> None:
+        self.outcome.killed = count
+
+    def on_deadline(self, now: float) -> list[LifeAction]:
+        if self.stage == "backoff":
+            if self.restart_at is None or now < self.restart_at:
+                return []
+            self.restart_at = None
+            self.stage = "app"
+            self.shutdown = self._new_shutdown()
+            self.outcome = Outcome()
+            return [StartApp()]
+        return list(self.shutdown.on_deadline(now))
+
+    def on_run_over(self, now: float, *, oom: bool) -> list[LifeAction]:
+        """The run and everything it started are gone (after Finish): restart, or end."""
+        self.outcome.oom = self.outcome.oom or oom
+        # A shutdown signal from outside is never undone, even when it arrived
+        # while pidone was already stopping the app for its own reasons.
+        cause = "signal" if self.shutdown_signal is not None else self.shutdown.cause
+        restart = (
+            self.stage == "app"
+            and self.outcome.start_error is None
+            and should_restart(
+                self.config.restart,
+                cause,
+                self.outcome.exit_code(),
+                self.outcome.failure is not None,
+            )
+        )
+        if not restart:
+            return self._end()
+        ran = now - (self.run_started_at if self.run_started_at is not None else now)
+        delay = self.backoff.next_delay(ran)
+        self.stage = "backoff"
+        self.restart_at = now + delay
+        return [RestartLater(delay)]
+
+    def exit_code(self) -> int:
+        return self.config.remap(self.outcome.exit_code())
+
+    def reason(self) -> str:
+        return self.outcome.reason(self.shutdown)
+
+    def _end(self) -> list[LifeAction]:
+        self.stage = "done"
+        return [Exit()]

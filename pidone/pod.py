@@ -4,8 +4,10 @@ Post-start hooks (in order, beside the app, each bounded), the probes (after
 the hooks succeed), the sd_notify messages with their watchdog, and the
 readiness all of that adds up to.  A :class:`Pod` lives as long as one run of
 the app; a restart gets a new one.  When something here fails, the pod does
-not stop anything itself: it asks the supervisor (``stop_for``), which runs
-the normal shutdown sequence.
+not stop anything itself: it asks the supervisor (``stop_for``), which asks
+the lifecycle machine and runs the normal shutdown sequence.  Results reach it
+through the loop's queue, never inside the call that started or cancelled
+the action.
 """
 
 from __future__ import annotations
@@ -13,25 +15,30 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
 from pidone.config import Config
 from pidone.hooks import Result, Runner
+
+if TYPE_CHECKING:
+    from structlog.typing import FilteringBoundLogger
+
+    from pidone.probes import Probes
 
 StopFor = Callable[[str, str, Result], None]
 
 
 class Pod:
     def __init__(
-        self, config: Config, runner: Runner, stop_for: StopFor, log: Any, hooks: list[Any]
+        self, config: Config, runner: Runner, stop_for: StopFor, log: FilteringBoundLogger
     ) -> None:
         self.config = config
         self._runner = runner
         self._stop_for = stop_for
         self._log = log
-        self.hooks = hooks  # each post-start hook's outcome (shared with the run's report)
+        self.hooks: list[dict[str, object]] = []  # each post-start hook's outcome, in order
         self.hooks_ok: bool | None = None  # None while they run
-        self.probes: Any = None  # pidone.probes.Probes, when probes are configured
+        self.probes: Probes | None = None  # when probes are configured
         self.notified_ready = False
         self.notify_status: str | None = None
         self.watchdog_deadline: float | None = None

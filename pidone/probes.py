@@ -13,6 +13,13 @@ short threads), so a slow or hung probe never blocks the loop; its time
 limit is ``timeout``.  Without probes this module schedules nothing, and an
 idle pidone stays asleep.
 
+A run that pidone could not even start, for want of a resource of its own
+(a thread at a pids limit, a descriptor, a free worker slot: the runner's
+``Result.errored``), is logged as ``probe_errored`` and not counted either
+way, as the kubelet throws away a probe that errored: a readiness probe is
+not made unready, and a healthy app is never stopped as unhealthy, because
+pidone ran short of something.  The next run is due at the next period.
+
 :class:`ProbeState` holds the counting and the timing and touches nothing;
 :class:`Probes` connects the states to the runner and to the loop.
 """
@@ -22,10 +29,13 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
 from pidone.config import Config, Probe
 from pidone.hooks import Result, Runner
+
+if TYPE_CHECKING:
+    from structlog.typing import FilteringBoundLogger
 
 
 class ProbeState:
@@ -40,6 +50,7 @@ class ProbeState:
         self.running = False
         self.last: Result | None = None
         self.runs = 0
+        self.errors = 0  # runs that could not be started (not counted)
 
     def schedule(self, now: float) -> None:
         self.next_run = now + self.probe.initial_delay
@@ -54,6 +65,12 @@ class ProbeState:
         # Every period from the last due time, as kubelet's ticker does, but
         # never in the past: a late start does not cause a burst of runs.
         self.next_run = max(self.next_run + self.probe.period, now)
+
+    def errored(self, result: Result) -> None:
+        """A run pidone could not start: it ends, and counts for nothing."""
+        self.running = False
+        self.errors += 1
+        self.last = result
 
     def record(self, result: Result) -> bool | None:
         """Count one result; return the new health when a threshold flips it."""
@@ -80,6 +97,7 @@ class ProbeState:
             "runs": self.runs,
             "successes_in_a_row": self.successes,
             "failures_in_a_row": self.failures,
+            "errored_runs": self.errors,
         }
         if self.last is not None:
             out["last"] = {
@@ -87,6 +105,7 @@ class ProbeState:
                 "detail": self.last.detail,
                 "output": self.last.output[-512:],
                 "duration_s": round(self.last.duration, 3),
+                "errored": self.last.errored,
             }
         return out
 
@@ -97,7 +116,9 @@ OnUnhealthy = Callable[[str, Result], None]
 class Probes:
     """Runs the configured probes and reports startup/liveness failures to the loop."""
 
-    def __init__(self, config: Config, runner: Runner, on_unhealthy: OnUnhealthy, log: Any) -> None:
+    def __init__(
+        self, config: Config, runner: Runner, on_unhealthy: OnUnhealthy, log: FilteringBoundLogger
+    ) -> None:
         self._runner = runner
         self._on_unhealthy = on_unhealthy
         self._log = log
@@ -158,6 +179,10 @@ class Probes:
         if self.stopped:
             return
         state = self.states[kind]
+        if result.errored:
+            state.errored(result)
+            self._log.warning("probe_errored", probe=kind, detail=result.detail)
+            return
         flipped = state.record(result)
         if flipped is None:
             return

@@ -16,6 +16,9 @@ Every resource a client can claim is bounded:
 * connections: at most 128 at once; beyond that the newest is accepted and
   closed at once.  Leaving it in the backlog instead would keep the listener
   readable, and a level-triggered loop would spin on it.
+* descriptors: never more connections than half of pidone's descriptor limit
+  (``ulimit -n 64``: 32), so that clients cannot take the descriptors that
+  probes, hooks and drains need.
 
 The server is read-only and speaks just enough HTTP/1.x for probes: one
 request per connection, ``Connection: close``, no request body is read.
@@ -107,7 +110,7 @@ class StatusServer:
             raise ValueError("max_connections must be at least 1")
         self.snapshot = snapshot  # replaceable: pidone binds before its loop exists
         self._timeout = request_timeout
-        self._max = max_connections
+        self._max = min(max_connections, _descriptor_room())
         self._selector: selectors.BaseSelector | None = None
         # Every deadline is accept time + the same timeout, so insertion order
         # is deadline order: the first entry is always the earliest deadline.
@@ -348,6 +351,16 @@ def _response(
     ]
     head = ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")
     return head if head_only else head + body
+
+
+def _descriptor_room() -> int:
+    """Connections pidone's descriptor limit leaves room for: half of it."""
+    import resource
+
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return MAX_CONNECTIONS
+    return max(1, soft // 2)
 
 
 def _listen(host: str, port: int) -> socket.socket:

@@ -12,7 +12,8 @@ from harness import CLEAN_ENV, pidone_cli
 from pidone import check, cli
 from pidone.config import Config, ExecDrain, HttpDrain
 from pidone.lifecycle import Phase, RunDrain, Shutdown, SignalApp
-from pidone.options import CONFIG_ENVVAR, wants_check
+from pidone.options import CONFIG_ENVVAR
+from pidone.settings import resolve, wants_check
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -258,9 +259,22 @@ def test_check_config_equals_the_real_parse(tmp_path: Path):
     path = tmp_path / "p.toml"
     path.write_text("grace = 5\ndrain = ['a', 'b']\nremap-exit = '3:0'\n")
     args = ["--config", str(path), "--stop-signal", "USR1", "--", "app", "x"]
-    resolved = check.resolve(["--check", *args], {"PIDONE_PRE_STOP_DELAY": "1"})
+    resolved = resolve(["--check", *args], {"PIDONE_PRE_STOP_DELAY": "1"})
     assert resolved.errors == []
     with pytest.MonkeyPatch.context() as m:
         m.setenv("PIDONE_PRE_STOP_DELAY", "1")
         m.delenv(CONFIG_ENVVAR, raising=False)
         assert resolved.config == cli.parse(args)
+
+
+def test_an_empty_variable_counts_as_not_set_and_check_warns(tmp_path):
+    """PIDONE_GRACE= : the default applies (README), and --check says so."""
+    env = {"PIDONE_GRACE": "", "PIDONE_DRAIN": ""}
+    assert resolve(["app"], env).config == Config(argv=("app",))
+    assert cli.parse(["app"], env) == Config(argv=("app",))
+    out = io.StringIO()
+    assert check.run(["--check", "app"], env, out) == 0
+    text = out.getvalue()
+    assert rows(text)["grace"] == ["8s", "default"]
+    assert "PIDONE_GRACE is set but empty: taken as not set" in text
+    assert "PIDONE_DRAIN is set but empty: taken as not set" in text

@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 
 from pidone import cli, configfile
 from pidone.config import Config, ExecDrain, HttpDrain, Probe, TcpCheck
-from pidone.options import CONFIG_ENVVAR, OPTIONS, fast_parse
+from pidone.options import CONFIG_ENVVAR, OPTIONS
+from pidone.settings import fast_parse
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -473,3 +474,25 @@ def test_the_example_file_is_valid_and_covers_every_option(tmp_path):
     assert loaded.errors == []
     assert sorted(loaded.values) == sorted(opt.key for opt in OPTIONS)
     assert both(["--config", everything, "app"]).probes
+
+
+def test_at_most_one_mib_is_read(tmp_path):
+    """--config /dev/zero (or a huge file) is refused after 1 MiB, not read without end."""
+    assert configfile.read("/dev/zero").errors == ["/dev/zero: config file is larger than 1 MiB"]
+    exact = tmp_path / "exact.toml"
+    filler = "#" * (configfile.MAX_BYTES - len("grace = 3\n") - 1) + "\n"
+    exact.write_text("grace = 3\n" + filler)
+    assert exact.stat().st_size == configfile.MAX_BYTES
+    assert configfile.read(str(exact)).values == {"grace": "3"}
+    over = tmp_path / "over.toml"
+    over.write_text("grace = 3\n" + filler + "\n")
+    assert configfile.read(str(over)).errors == [f"{over}: config file is larger than 1 MiB"]
+
+
+def test_config_dev_zero_is_one_line_exit_2_and_nothing_starts(tmp_path):
+    """The whole program: one line, exit 2, the app never started."""
+    marker = tmp_path / "started"
+    done = pidone_cli("--config", "/dev/zero", "--", "touch", str(marker))
+    assert done.returncode == 2
+    assert done.stderr == "pidone: error: /dev/zero: config file is larger than 1 MiB\n"
+    assert not marker.exists()

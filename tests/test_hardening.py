@@ -428,12 +428,12 @@ def test_app_forking_short_lived_children_while_ignoring_term_is_killed_on_time(
 
 INJECT = """
 import sys
-import pidone.loop
+import pidone.supervisor
 
 def boom(self, signum):
     raise RuntimeError("injected fault")
 
-pidone.loop.Supervisor._on_shutdown_signal = boom
+pidone.supervisor.Supervisor.on_shutdown_signal = boom
 try:
     from pidone.main import main
 except ImportError:
@@ -517,20 +517,40 @@ def test_nothing_from_the_environment_is_evaluated(tmp_path):
 
 
 NOBODY = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups"]
-# Here the interpreter lives under /root (mode 700); the one capability given
-# lets uid 65534 read it. Killing, waiting and the subreaper need none.
+# Where the interpreter lives under a directory uid 65534 cannot enter (a
+# virtualenv made from a python under /root, mode 700), the one capability
+# given lets it read files, nothing else. Killing, waiting and the subreaper
+# need none, and the test checks that pidone holds no other.
 READ_ONLY_CAP = [
     "--inh-caps=-all,+dac_read_search",
     "--ambient-caps=-all,+dac_read_search",
     "--bounding-set=-all,+dac_read_search",
 ]
+CAP_DAC_READ_SEARCH = 2
 
 
 def _as_nobody() -> list[str]:
+    """setpriv's arguments to run pidone as uid 65534 and reach this interpreter.
+
+    The interpreter is found through a shell already running as uid 65534, as
+    pidone will find the app's: setpriv's own exec of it can succeed where
+    theirs fail.
+    """
     probe = subprocess.run(
-        [*NOBODY, PY, "-c", "import click, psutil, structlog"], capture_output=True, check=False
+        [*NOBODY, "/bin/sh", "-c", 'exec "$0" -c "import click, psutil, structlog"', PY],
+        capture_output=True,
+        check=False,
+        cwd="/",
     )
     return NOBODY if probe.returncode == 0 else [*NOBODY, *READ_ONLY_CAP]
+
+
+def _capabilities(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("CapEff:"):
+                return int(line.split()[1], 16)
+    raise AssertionError("no CapEff line")
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop to uid 65534")
@@ -551,6 +571,8 @@ def test_pidone_needs_no_privileges(app_kind, tmp_path):
         err.wait_for('"app_started"')
         pid = psutil.Process(proc.pid)
         assert pid.uids().real == 65534
+        assert pid.uids().effective == 65534
+        assert _capabilities(proc.pid) & ~(1 << CAP_DAC_READ_SEARCH) == 0
         sent = time.monotonic()
         os.kill(proc.pid, signal.SIGTERM)
         code = proc.wait(10)

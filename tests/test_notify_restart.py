@@ -199,7 +199,7 @@ def test_default_policy_never_restarts(run):
 
 def test_config_file_sets_the_notify_flag_and_the_restart_policy(tmp_path):
     from pidone import cli
-    from pidone.options import fast_parse
+    from pidone.settings import fast_parse
 
     path = tmp_path / "pidone.toml"
     path.write_text('notify = true\nwatchdog = 5\nrestart = "on-failure"\nrestart-delay = 0.5\n')
