@@ -206,3 +206,42 @@ def test_standalone_pidone_replaces_entrypoint_sh_and_gosu(
     podman.stop(container, timeout=10)
 
     _final(podman, container, "Signaled", 143)
+
+
+def test_standalone_pidone_rehearses_inside_an_image_without_python(
+    podman: Podman, standalone_image: str
+) -> None:
+    """`pidone rehearse` from the standalone build (which runs itself, not `python -m
+    pidone`) passes for the Perl app with the image's own settings."""
+    done = podman(
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--ulimit",
+        "nofile=1024:1024",
+        "--ulimit",
+        "nproc=4096:4096",
+        "--entrypoint",
+        "/opt/pidone/pidone",
+        standalone_image,
+        "rehearse",
+        "--load",
+        "http://127.0.0.1:8080/",
+        "--warmup",
+        "0.5",
+        "--grace",
+        "8",
+        "--pre-stop-delay",
+        "1",
+        "--drain-http",
+        "POST http://127.0.0.1:8080/drain",
+        "--",
+        "perl",
+        "/app/webapp.pl",
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.startswith("pidone rehearse: PASS"), done.stdout
+    assert "Signaled, exit code 143" in done.stdout, done.stdout
