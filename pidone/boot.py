@@ -91,7 +91,7 @@ def boot(config: Config) -> Started:
     # Init commands and sidecars come first; prefixed output needs the loop's pipes.
     if not config.inits and not config.sidecars and not config.prefix_output:
         try:
-            app = spawn.spawn(config.argv, tty_fd=tty, env=env)
+            app = spawn.spawn_app(config, tty_fd=tty, env=env)
         except spawn.SpawnError as exc:
             app = exc
     return Started(config, wake_fd, app, tty is not None, status, notify, env, oom_before)

@@ -14,7 +14,10 @@ import math
 import os
 import signal
 from collections.abc import Callable, Sequence
-from typing import Literal, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Literal, NamedTuple, TypeVar
+
+if TYPE_CHECKING:
+    from pidone.user import Credentials
 
 LogFormat = Literal["auto", "json", "console"]
 LogLevel = Literal["debug", "info", "warning", "error"]
@@ -204,6 +207,8 @@ class Config(NamedTuple):
     sidecars: tuple[Sidecar, ...] = ()
     sidecar_ready_timeout: float = 60.0
     prefix_output: bool = False
+    user: Credentials | None = None  # --user: the app, hooks, drains and exec probes run as
+    no_new_privileges: bool = False
 
     def remap(self, code: int) -> int:
         for src, dst in self.remap_exit:

@@ -57,6 +57,7 @@ from urllib.parse import urlsplit
 # on the worker thread: it costs memory, and failing there fails one run.)
 from pidone import spawn, tree
 from pidone.config import Check, ExecDrain, HttpDrain, TcpCheck, signal_name
+from pidone.user import Credentials
 
 # What a probe's output may cost pidone's memory, per run.
 OUTPUT_LIMIT = 4096
@@ -444,8 +445,16 @@ class _Job:
 class Runner:
     """Runs actions in the background of the event loop; one Result per run."""
 
-    def __init__(self, selector: selectors.BaseSelector) -> None:
+    def __init__(
+        self,
+        selector: selectors.BaseSelector,
+        user: Credentials | None = None,
+        no_new_privs: bool = False,
+    ) -> None:
         self._selector = selector
+        # Commands act for the app, so they run as its user (--user, --no-new-privileges).
+        self._user = user
+        self._no_new_privs = no_new_privs
         self._jobs: dict[int, _Job] = {}
         self._by_pid: dict[int, int] = {}
         self._next_token = 0
@@ -560,7 +569,9 @@ class Runner:
                 )
                 return
         try:
-            job.pid = spawn.spawn_action(action.argv, output_fd=write_fd)
+            job.pid = spawn.spawn_action(
+                action.argv, output_fd=write_fd, user=self._user, no_new_privs=self._no_new_privs
+            )
         except spawn.SpawnError as exc:
             # EAGAIN at the pids limit, EMFILE, ENOMEM: pidone's want, not the
             # command's fault.  ENOENT, EACCES: the command's.

@@ -35,6 +35,7 @@ from pidone.config import (
     parse_signal,
     parse_status_addr,
 )
+from pidone.user import parse_user
 
 Kind = Literal[
     "choice",  # one of Option.choices, any case
@@ -54,6 +55,7 @@ Kind = Literal[
     "sidecar-ready",  # NAME=TARGET, a probe target
     "sidecar-signal",  # NAME=SIGNAL
     "sidecar-duration",  # NAME=SECONDS
+    "user",  # USER[:GROUP], by name or number, resolved to ids (pidone.user)
 ]
 # Kinds a config file may give as TOML numbers (all others take strings).
 NUMERIC_KINDS: frozenset[Kind] = frozenset(
@@ -76,6 +78,7 @@ _PARSERS: dict[Kind, Callable[[str], object]] = {
     "sidecar-ready": parse_sidecar_ready,
     "sidecar-signal": parse_sidecar_signal,
     "sidecar-duration": parse_sidecar_duration,
+    "user": parse_user,
 }
 
 
@@ -286,6 +289,22 @@ OPTIONS: tuple[Option, ...] = (
         "SECONDS",
         "A run this long without failing resets the delay.",
         "600",
+    ),
+    Option(
+        "user",
+        "user",
+        "USER[:GROUP]",
+        "Run the app, and the hooks, drains and exec probes, as this user (name or uid) and "
+        "group (default: the user's primary group), as gosu does. Init commands and pidone "
+        "itself keep pidone's user.",
+    ),
+    Option(
+        "no-new-privileges",
+        "flag",
+        "",
+        "The app (and its hooks, drains and exec probes) cannot gain privileges: setuid "
+        "binaries and file capabilities stop working (PR_SET_NO_NEW_PRIVS).",
+        "false",
     ),
     Option(
         "status-addr",

@@ -89,11 +89,12 @@ class Run:
         try:
             if isinstance(preset, spawn.SpawnError):
                 raise preset
-            self.pid = (
-                preset
-                if preset is not None
-                else spawn.spawn(self.argv, tty_fd=tty, env=env, stdio=stdio)
-            )
+            if preset is not None:
+                self.pid = preset
+            elif self.kind == "app":  # as --user; init commands keep pidone's user
+                self.pid = spawn.spawn_app(self.config, tty_fd=tty, env=env, stdio=stdio)
+            else:
+                self.pid = spawn.spawn(self.argv, tty_fd=tty, env=env, stdio=stdio)
         except spawn.SpawnError as exc:
             return exc
         finally:

@@ -52,6 +52,7 @@ from pidone.options import BY_NAME, CONFIG_ENVVAR, OPTIONS, Option, split_env
 
 if TYPE_CHECKING:
     from pidone.configfile import Loaded
+    from pidone.user import Credentials
 
 Source = Literal["default", "file", "env", "flag"]
 Request = Literal["--check", "--help", "--version"]
@@ -305,6 +306,8 @@ def build_config(values: Mapping[str, object], argv: Sequence[str]) -> Config:
             cast("tuple[tuple[str, float], ...]", _many(values, "sidecar_restart_delay_max")),
         ),
         sidecar_ready_timeout=cast("float", values["sidecar_ready_timeout"]),
+        user=cast("Credentials | None", values["user"]),
+        no_new_privileges=cast("bool", values["no_new_privileges"]),
     )
 
 

@@ -17,6 +17,10 @@ With a terminal the app must also become the foreground process group
 before it runs a single instruction, or an early read from the terminal
 stops it with SIGTTIN: the child calls ``tcsetpgrp`` itself, before exec.
 
+With ``--user`` the child also drops root before exec (:mod:`pidone.user` says
+how and in which order); hooks, drains and probes, which act for the app, then
+take the fork path too, since ``posix_spawn`` cannot change credentials.
+
 Exit statuses are owned here, in one place: nothing else in pidone calls
 ``waitpid`` (``subprocess`` and ``psutil.Process.wait`` would race with the
 reaper for the same children).
@@ -28,8 +32,12 @@ import contextlib
 import errno
 import os
 import signal
-from collections.abc import Mapping
-from typing import Any, NamedTuple, NoReturn
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+if TYPE_CHECKING:
+    from pidone.config import Config
+    from pidone.user import Credentials
 
 _DEFAULTED = frozenset(signal.valid_signals()) - {signal.SIGKILL, signal.SIGSTOP}
 
@@ -45,20 +53,34 @@ class SpawnError(Exception):
         super().__init__(f"cannot execute {argv0!r}: {os.strerror(err)}")
 
 
-def spawn(
+class Drop(NamedTuple):
+    """What the child gives up before exec: ``--user``, ``--no-new-privileges``."""
+
+    user: Credentials | None = None
+    no_new_privs: bool = False
+
+
+def spawn(  # noqa: PLR0913 - keyword-only, each one for one kind of process
     argv: tuple[str, ...],
     *,
     tty_fd: int | None = None,
     env: Mapping[str, str] | None = None,
+    drop: Drop | None = None,
+    null_stdin: bool = False,
+    output_fd: int | None = None,
     stdio: tuple[int, int] | None = None,
 ) -> int:
     """Start ``argv`` (searched in PATH) in a new process group, signals at default.
 
     Waits until the child has exec'd, and raises SpawnError if it could not.
     With ``tty_fd``, the new group also becomes the terminal's foreground group;
-    ``env`` replaces pidone's environment; ``stdio`` replaces its stdout and
-    stderr (``--prefix-output``).
+    ``env`` replaces pidone's environment; ``drop`` gives up privileges before
+    exec.  An action's stdin is /dev/null (``null_stdin``) and its output may
+    go to ``output_fd``; ``stdio`` replaces stdout and stderr (``--prefix-output``).
     """
+    drop = drop or Drop()
+    stdio = (output_fd, output_fd) if output_fd is not None else stdio
+    prctl = _prctl() if drop.no_new_privs else None
     try:
         read_end, write_end = os.pipe()  # both close-on-exec
     except OSError as exc:  # out of file descriptors
@@ -70,7 +92,22 @@ def spawn(
         os.close(write_end)
         raise SpawnError(argv[0], exc.errno or errno.EAGAIN) from None
     if pid == 0:  # pragma: no cover - runs in the child, reported through the pipe
-        _child(argv, write_end, read_end, tty_fd, env, stdio)
+        try:
+            os.close(read_end)
+            _prepare_child(tty_fd, null_stdin, stdio)
+            if drop.user is not None:
+                _become(drop.user)
+            if prctl is not None and prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+                os.write(write_end, str(errno.EPERM).encode())
+                os._exit(127)
+            if env is None:
+                os.execvp(argv[0], list(argv))
+            else:
+                os.execvpe(argv[0], list(argv), env)
+        except OSError as exc:
+            os.write(write_end, str(exc.errno or errno.ENOENT).encode())
+        finally:
+            os._exit(127)
     os.close(write_end)
     # Also from the parent, so that a signal to the group cannot miss the
     # child while it is still on its way to exec.
@@ -86,41 +123,70 @@ def spawn(
     return pid
 
 
-def _child(  # noqa: PLR0913, PLR0917 - spawn's arguments, in the child
-    argv: tuple[str, ...],
-    write_end: int,
-    read_end: int,
+def _prepare_child(  # pragma: no cover - runs in the child
+    tty_fd: int | None, null_stdin: bool, stdio: tuple[int, int] | None
+) -> None:
+    """In the child: own process group, terminal, signal state and, for actions, stdio."""
+    signal.set_wakeup_fd(-1)  # that pipe is the parent's event source
+    os.setpgid(0, 0)
+    if tty_fd is not None:
+        # We are in a background group until tcsetpgrp succeeds, and
+        # SIGTTOU would stop us: ignore it for the call.
+        signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+        os.tcsetpgrp(tty_fd, os.getpid())
+    for signum in _DEFAULTED:
+        signal.signal(signum, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, ())
+    if null_stdin:
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.close(null)
+    if stdio is not None:
+        os.dup2(stdio[0], 1)
+        os.dup2(stdio[1], 2)
+
+
+def _become(user: Credentials) -> None:  # pragma: no cover - runs in the child
+    # Groups first, the uid last: once the uid is dropped, nothing else can be.
+    # As root, setgid and setuid set the real, effective and saved ids at once.
+    os.setgroups(list(user.groups))
+    os.setgid(user.gid)
+    os.setuid(user.uid)
+
+
+def spawn_app(
+    config: Config,
+    *,
     tty_fd: int | None,
     env: Mapping[str, str] | None,
-    stdio: tuple[int, int] | None,
-) -> NoReturn:  # pragma: no cover - runs in the child, reported through the pipe
-    """Between fork and exec: signals reset, the group, the terminal, the streams."""
-    try:
-        os.close(read_end)
-        signal.set_wakeup_fd(-1)  # that pipe is the parent's event source
-        os.setpgid(0, 0)
-        if stdio is not None:
-            os.dup2(stdio[0], 1)
-            os.dup2(stdio[1], 2)
-        if tty_fd is not None:
-            # We are in a background group until tcsetpgrp succeeds, and
-            # SIGTTOU would stop us: ignore it for the call.
-            signal.signal(signal.SIGTTOU, signal.SIG_IGN)
-            os.tcsetpgrp(tty_fd, os.getpid())
-        for signum in _DEFAULTED:
-            signal.signal(signum, signal.SIG_DFL)
-        signal.pthread_sigmask(signal.SIG_SETMASK, ())
-        if env is None:
-            os.execvp(argv[0], list(argv))
-        else:
-            os.execvpe(argv[0], list(argv), env)
-    except OSError as exc:
-        os.write(write_end, str(exc.errno or errno.ENOENT).encode())
-    finally:
-        os._exit(127)
+    stdio: tuple[int, int] | None = None,
+) -> int:
+    """Start the app of *config*: :func:`spawn` as ``--user``, with that user's HOME."""
+    user = config.user
+    if user is not None:
+        env = user.environ(os.environ if env is None else env)
+    drop = Drop(user, config.no_new_privileges)
+    return spawn(config.argv, tty_fd=tty_fd, env=env, drop=drop, stdio=stdio)
 
 
-def spawn_action(argv: tuple[str, ...], *, output_fd: int | None = None) -> int:
+PR_SET_NO_NEW_PRIVS = 38
+
+
+def _prctl() -> Callable[..., int]:
+    """libc's prctl, looked up in the parent (the child should only call it)."""
+    import ctypes
+
+    prctl: Callable[..., int] = ctypes.CDLL(None, use_errno=True).prctl
+    return prctl
+
+
+def spawn_action(
+    argv: tuple[str, ...],
+    *,
+    output_fd: int | None = None,
+    user: Credentials | None = None,
+    no_new_privs: bool = False,
+) -> int:
     """Start a hook, drain or probe command: fast, with /dev/null as stdin.
 
     These run while the app runs, some every few seconds, so they take
@@ -130,8 +196,14 @@ def spawn_action(argv: tuple[str, ...], *, output_fd: int | None = None) -> int:
     glibc's quirk described above (its two internal signals stay ignored),
     which glibc programs undo themselves when they need those signals; the
     app and the init commands, which live long and own the terminal, are
-    started by :func:`spawn`.
+    started by :func:`spawn`.  So are actions that must run as the app's
+    user (``--user``, ``--no-new-privileges``): posix_spawn cannot drop
+    privileges, and running them as root would undo the point of dropping.
     """
+    if user is not None or no_new_privs:
+        env = user.environ(os.environ) if user is not None else None
+        drop = Drop(user, no_new_privs)
+        return spawn(argv, env=env, drop=drop, null_stdin=True, output_fd=output_fd)
     actions: list[tuple[Any, ...]] = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0)]
     if output_fd is not None:
         actions += [(os.POSIX_SPAWN_DUP2, output_fd, 1), (os.POSIX_SPAWN_DUP2, output_fd, 2)]

@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from structlog.typing import FilteringBoundLogger
 
     from pidone.boot import Started
-    from pidone.config import Check
+    from pidone.config import Check, Config
     from pidone.hooks import OnDone
     from pidone.loop import Loop, Timed
     from pidone.notify import NotifySocket
@@ -59,8 +59,9 @@ class QueuedRunner(Runner):
     code that started or cancelled it.
     """
 
-    def __init__(self, loop: Loop) -> None:
-        super().__init__(loop.selector)
+    def __init__(self, loop: Loop, config: Config) -> None:
+        # Commands act for the app: they run as its user (--user, --no-new-privileges).
+        super().__init__(loop.selector, config.user, config.no_new_privileges)
         self._loop = loop
 
     def start(
@@ -133,7 +134,7 @@ class Supervisor:
         self.log: FilteringBoundLogger = log.setup(self.config.log_format, self.config.log_level)
         self.base_log = self.log
         self.life = Life(self.config)
-        self.runner = QueuedRunner(loop)
+        self.runner = QueuedRunner(loop, self.config)
         self.run = Run(self.config, "app", self.config.argv)
         self.oom_before = started.oom_before
         self.last_exit: dict[str, object] | None = None

@@ -41,6 +41,8 @@ GOOD: dict[Kind, list[str]] = {
     "sidecar-ready": ["a=tcp://127.0.0.1:80", "b=exec:true", "c-1=http://h/ready", "d=notify"],
     "sidecar-signal": ["a=QUIT", "b=int", "c-1=15"],
     "sidecar-duration": ["a=2", "b=0.5", "c-1=0"],
+    # Users every Debian system has (pidone runs as root here: it may switch to them).
+    "user": ["nobody", "root", "0:0", "65534:65534", "root:root", "nobody:0"],
 }
 # Texts each kind refuses (the resolver steps aside; click must refuse them too).
 BAD: dict[Kind, list[str]] = {
@@ -56,6 +58,7 @@ BAD: dict[Kind, list[str]] = {
     "probe": ["udp://h:1", "tcp://h", "exec:"],
     "address": ["h", "h:0", ":80"],
     "flag": ["maybe"],
+    "user": ["pidone-no-such-user", "root:", "", "root:pidone-no-such-group", "424242"],
     "choice": ["bogus", ""],
     "sidecar": ["A=x", "a", "a=", "a b=x", "=x"],
     "sidecar-ready": ["Nope=tcp://h:1", "a=udp://h:1", "a"],

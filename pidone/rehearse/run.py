@@ -113,6 +113,14 @@ def parse_signal(text: str) -> int:
         raise ValueError(f"{text!r} is not a signal") from None
 
 
+def _pidone() -> list[str]:
+    """How to run this same pidone: the standalone build (scripts/build-standalone) is
+    itself the executable; an installed or checked-out one is ``python -m pidone``."""
+    if getattr(sys, "frozen", False):
+        return [sys.executable]
+    return [sys.executable, "-m", "pidone"]
+
+
 # -- pidone --check ---------------------------------------------------------------
 
 _SETTING = re.compile(r"^  (\S+)\s+(.*?)\s{2,}(\S.*)$")
@@ -122,7 +130,7 @@ def check(pidone_args: list[str], env: dict[str, str]) -> Settings:
     """Let pidone validate its options; UsageError carrying its own error lines."""
     try:
         done = subprocess.run(
-            [sys.executable, "-m", "pidone", "--check", *pidone_args],
+            [*_pidone(), "--check", *pidone_args],
             env=env,
             stdin=subprocess.DEVNULL,
             capture_output=True,
@@ -225,7 +233,7 @@ class Rehearsal:
         self.mode = opts.mode if opts.mode != "auto" else "pid1" if possible else "subreaper"
         if self.mode == "pid1" and not possible:
             raise UsageError("--mode pid1 needs root and a working unshare --pid")
-        argv = [sys.executable, "-m", "pidone", *pidone_opts, *extra, "--", *command]
+        argv = [*_pidone(), *pidone_opts, *extra, "--", *command]
         if self.mode == "pid1":
             argv = ["unshare", "--pid", "--fork", "--mount-proc", *argv]
         self.argv = argv

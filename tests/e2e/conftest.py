@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
+import e2e_images
 import pytest
 
 if TYPE_CHECKING:
@@ -42,7 +43,9 @@ if TYPE_CHECKING:
 
 REPO = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
-ROOTFS = Path(tempfile.gettempdir()) / "pidone-e2e-rootfs"
+# One mount point per test session: sessions of several checkouts may run at once on one
+# machine, and each one unmounts and removes its mount point when it ends.
+ROOTFS = Path(tempfile.gettempdir()) / f"pidone-e2e-rootfs-{os.getpid()}"
 PODMAN = ["podman", "--cgroup-manager=cgroupfs", "--runtime", "runc"]
 # Options every container gets (must precede --rootfs, see the module docstring).
 BASE_RUN_OPTIONS = ["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096"]
@@ -90,8 +93,15 @@ def _platform_problem() -> str | None:
 
 
 # Tools the tests run -> the Debian package that brings each. systemd-notify is the
-# real sd_notify client of tests/test_notify_restart.py, installed here with the rest.
-TOOLS = {"podman": "podman", "runc": "runc", "systemd-notify": "systemd", "nginx": "nginx-light"}
+# real sd_notify client of tests/test_notify_restart.py, installed here with the rest;
+# mmdebstrap bootstraps the Debian bases of the image tests (e2e_images.py).
+TOOLS = {
+    "podman": "podman",
+    "runc": "runc",
+    "systemd-notify": "systemd",
+    "mmdebstrap": "mmdebstrap",
+    "nginx": "nginx-light",  # the sidecar example (test_sidecars_e2e.py)
+}
 
 
 def _ensure_tools() -> str | None:
@@ -188,6 +198,28 @@ class Podman:
             name=name, network=network, env=env, workdir=workdir, extra=extra
         )
         self("run", "-d", *options, *argv)
+
+    def start_image(
+        self,
+        name: str,
+        image: str,
+        *argv: str,
+        publish: dict[int, int] | None = None,
+        extra: Sequence[str] = (),
+    ) -> None:
+        """``podman run -d`` a real *image* (its ENTRYPOINT, and *argv* or its CMD).
+
+        *publish* maps host ports (on 127.0.0.1) to container ports, over podman's bridge
+        network; without it the container has no network.
+        """
+        self.created.append(name)
+        options = [*BASE_RUN_OPTIONS, "--name", name]
+        if publish:
+            for host_port, container_port in publish.items():
+                options += ["--publish", f"127.0.0.1:{host_port}:{container_port}"]
+        else:
+            options += ["--network", "none"]
+        self("run", "-d", *options, *extra, image, *argv)
 
     def stop(self, name: str, timeout: int) -> float:
         """``podman stop -t TIMEOUT``; returns how long the command took."""
@@ -312,3 +344,46 @@ def container(podman: Podman, request: pytest.FixtureRequest) -> Iterator[str]:
     name = f"pidone-e2e-{test}-{os.getpid()}-{next(_names)}"
     yield name
     podman.rm(name)
+
+
+# -- the example images (e2e_images.py: built once, cached across sessions) ----------------------
+
+
+def _build(dockerfile: str, name: str, **kwargs: object) -> str:
+    try:
+        return e2e_images.build(dockerfile, name, **kwargs)  # type: ignore[arg-type]
+    except e2e_images.ImageBuildError as exc:
+        pytest.fail(str(exc))
+
+
+@pytest.fixture(scope="session")
+def example_image(podman: Podman) -> str:
+    """Dockerfile.example, built on the mmdebstrap Python base."""
+    del podman  # needed for its set-up: tools installed, podman checked
+    return _build(
+        "Dockerfile.example",
+        "example",
+        build_args={"BASE_IMAGE": e2e_images.base_image("python")},
+        context_paths=["pyproject.toml", "README.md", "pidone", "examples"],
+    )
+
+
+@pytest.fixture(scope="session")
+def standalone_image(podman: Podman) -> str:
+    """Dockerfile.standalone.example: the standalone pidone on a base with no Python."""
+    del podman
+    return _build(
+        "Dockerfile.standalone.example",
+        "standalone",
+        build_args={
+            "BUILD_IMAGE": e2e_images.base_image("python"),
+            "RUNTIME_IMAGE": e2e_images.base_image("nopython"),
+        },
+        context_paths=[
+            "pyproject.toml",
+            "README.md",
+            "pidone",
+            "scripts/build-standalone",
+            "examples/webapp.pl",
+        ],
+    )
