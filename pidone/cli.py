@@ -136,6 +136,9 @@ def _command(ctx: click.Context, /, **values: object) -> Config:
     Forwards signals, reaps zombies, passes out the app's exit code (128+N for
     signal N, 127 not found, 126 not executable), and on the shutdown signal
     runs a graceful, bounded stop.
+
+    `pidone rehearse --help`: rehearse that stop under HTTP load and get a
+    verdict (for CI). An app named rehearse runs with `pidone -- rehearse`.
     """
     argv = cast("tuple[str, ...]", values.pop("command"))  # nargs=-1: a tuple of texts
     values.pop("check")  # parse() hands --check to pidone.check before click sees it
@@ -176,7 +179,8 @@ def _build() -> click.Command:
         expose_value=False,
         callback=_load_config,
         help="TOML file with any of the options below, under the same names (probes as "
-        "[probes.KIND] tables). The command line and the environment take precedence.",
+        "[probes.KIND] tables, sidecars as [sidecars.NAME] tables). The command line and "
+        "the environment take precedence.",
     )(func)
     settings = {
         "allow_interspersed_args": False,
