@@ -51,3 +51,17 @@ def oom_kills() -> int | None:
             if count is not None:
                 return count
     return None
+
+
+class OomWatch:
+    """OOM kills counted since the last look: one look per run of the app."""
+
+    def __init__(self, before: int | None) -> None:
+        self._before = before  # read before the app existed (boot)
+
+    def since_last(self) -> bool:
+        """Whether the cgroup counted an OOM kill since the last call; the next counts from now."""
+        after = oom_kills()
+        fired = self._before is not None and after is not None and after > self._before
+        self._before = after
+        return fired

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from structlog.typing import FilteringBoundLogger
 
     from pidone import status
-    from pidone.lifecycle import Life
+    from pidone.lifecycle import Life, SignalTake
     from pidone.run import Run, SidecarRun
 
 # kubelet reads no more than this of a termination message.
@@ -209,6 +209,38 @@ def snapshot(
             "elapsed_s": round(life.shutdown.elapsed(now), 3),
         }
     return status_mod.Snapshot(live, ready, status)
+
+
+def signal_taken(
+    take: SignalTake, signum: int, life: Life, run: Run, now: float
+) -> tuple[str, dict[str, object]] | None:
+    """The line that says what a shutdown signal did (the event and its keys), if any."""
+    shutdown, name, config = life.shutdown, signal_name(signum), life.config
+    if take == "ended_backoff":
+        return "shutdown_during_backoff", {"signal": name}
+    if take == "started":
+        app = run.kind == "app"
+        return "shutdown_started", {
+            "signal": name,
+            "grace_s": config.grace,
+            "pre_stop_delay_s": config.pre_stop_delay if app else 0,
+            "drains": [d.describe() for d in config.drains] if app else [],
+        }
+    if take == "joined":
+        # pidone was already stopping the app (it exited, a probe failed): the
+        # stop under way serves this signal too; a second one forces.
+        return "shutdown_joined", {
+            "signal": name,
+            "phase": shutdown.phase.value,
+            "cause": shutdown.cause,
+        }
+    if take == "again":
+        return "shutdown_signal_again", {
+            "signal": name,
+            "phase": shutdown.phase.value,
+            "elapsed_s": round(shutdown.elapsed(now), 3),
+        }
+    return None
 
 
 def default_termination_log() -> str | None:

@@ -10,14 +10,19 @@ It logs what happens; it decides nothing the machine could decide.
 
 from __future__ import annotations
 
-import errno
 import os
 import signal
 import time
 from typing import TYPE_CHECKING
 
-from pidone import spawn
-from pidone.config import NOTIFY, signal_name
+# This module is imported once the app runs (main.py), so its imports cost no
+# start-up time.  They are made here, not where they are used, because an
+# import is an open(): at the end of a run under EMFILE (ulimit -n reached) a
+# lazy import of report or tree failed and turned the app's exit code into 1
+# (tests/test_faults_actions.py, out of descriptors).
+from pidone import cgroup, report, spawn, tree
+from pidone.config import signal_name
+from pidone.crew import Crew
 from pidone.hooks import Result, Runner
 from pidone.lifecycle import (
     CancelDrain,
@@ -34,7 +39,8 @@ from pidone.lifecycle import (
     StartApp,
     StartInit,
 )
-from pidone.run import Run, SidecarRun
+from pidone.log import setup as setup_log
+from pidone.run import Run
 from pidone.sidecars import RestartSidecarLater, StartSidecar, StopSidecar
 
 if TYPE_CHECKING:
@@ -46,7 +52,6 @@ if TYPE_CHECKING:
     from pidone.config import Check, Config
     from pidone.hooks import OnDone
     from pidone.loop import Loop, Timed
-    from pidone.notify import NotifySocket
     from pidone.relay import Relay
     from pidone.status import Snapshot
 
@@ -86,68 +91,27 @@ class LifeClock:
         self._sup.act(self._sup.life.on_deadline(now), now)
 
 
-# A sidecar whose notify socket could not be made cannot be told ready: it cannot start.
-_NO_NOTIFY = spawn.SpawnError("sd_notify socket", errno.EMFILE)
-
-# Ready checks of a sidecar the start waits for: this often, each this long at most.
-READY_PERIOD = 0.2
-READY_TIMEOUT = 1.0
-
-
-class SidecarChecks:
-    """The ready checks of sidecars that are not ready yet, as one of the loop's timers."""
-
-    def __init__(self, sup: Supervisor) -> None:
-        self._sup = sup
-
-    def next_deadline(self) -> float | None:
-        due = [s.check_at for s in self._sup.sidecars if s.check_at is not None]
-        return min(due) if due else None
-
-    def on_deadline(self, now: float) -> None:
-        for index, side in enumerate(self._sup.sidecars):
-            check = side.spec.ready
-            if side.check_at is None or now < side.check_at:
-                continue
-            side.check_at = None  # none again until this one has its result
-            if check is not None and check != NOTIFY:
-                self._sup.check_sidecar(index, check, side.generation)
-
-
 class Supervisor:
     def __init__(self, started: Started, loop: Loop) -> None:
-        # [actions] Imported now, while descriptors can be had: an import is an
-        # open(), and at the end of a run under EMFILE (ulimit -n reached) the
-        # lazy imports of report and tree failed and turned the app's exit
-        # code into 1 (tests/test_faults_actions.py, out of descriptors).
-        from pidone import (  # noqa: F401
-            cgroup,
-            log,  # costs start-up time: only once the app runs
-            report,
-            tree,
-        )
-
         self.config = started.config
         self.started = started
         self.loop = loop
         # [log] pidone's own SIGPIPE/SIGXFSZ never reach the loop: see pidone.log.
-        self.log: FilteringBoundLogger = log.setup(self.config.log_format, self.config.log_level)
+        self.log: FilteringBoundLogger = setup_log(self.config.log_format, self.config.log_level)
         self.base_log = self.log
         self.life = Life(self.config)
         self.runner = QueuedRunner(loop, self.config)
         self.run = Run(self.config, "app", self.config.argv)
-        self.oom_before = started.oom_before
+        self.oom = cgroup.OomWatch(started.oom_before)
         self.last_exit: dict[str, object] | None = None
         self.code: int | None = None
         self._clock = LifeClock(self)
-        self.sidecars = [SidecarRun(spec) for spec in self.config.sidecars]
-        self._notify: dict[int, NotifySocket] = {}  # the sidecars that use sd_notify
+        self.crew = Crew(self.config, self)
         self.relay: Relay | None = None
         if self.config.prefix_output:
             from pidone.relay import Relay
 
             self.relay = Relay(loop.selector, self._output_dropped)
-        self._checks = SidecarChecks(self)
         # The stop phase last logged (of which run's stop): each new one is logged once.
         self._phase_seen = (self.life.shutdown, self.life.shutdown.phase)
 
@@ -160,7 +124,7 @@ class Supervisor:
     def timers(self) -> Iterable[Timed]:
         pod, status = self.run.pod, self.started.status
         timers = [t for t in (self.runner, pod, status) if t is not None]
-        return [*timers, self._checks, self._clock] if self.sidecars else [*timers, self._clock]
+        return [*timers, self.crew, self._clock] if self.crew.runs else [*timers, self._clock]
 
     def begin(self) -> None:
         self.act([self.life.first()], time.monotonic())
@@ -185,34 +149,14 @@ class Supervisor:
     def on_shutdown_signal(self, signum: int) -> None:
         now = time.monotonic()
         take, actions = self.life.on_shutdown_signal(now, signum)
-        shutdown = self.life.shutdown
-        name = signal_name(signum)
-        if take == "ended_backoff":
-            self.log.info("shutdown_during_backoff", signal=name)
-        elif take == "started":
+        if take == "started":
             self._stop_begins()
-            app = self.run.kind == "app"
-            self.log.info(
-                "shutdown_started",
-                signal=name,
-                grace_s=self.config.grace,
-                pre_stop_delay_s=self.config.pre_stop_delay if app else 0,
-                drains=[d.describe() for d in self.config.drains] if app else [],
-            )
-        elif take == "joined":
-            # pidone was already stopping the app (it exited, a probe failed):
-            # the stop under way serves this signal too; a second one forces.
-            self.log.info(
-                "shutdown_joined", signal=name, phase=shutdown.phase.value, cause=shutdown.cause
-            )
-        elif take == "again":
-            self.log.warning(
-                "shutdown_signal_again",
-                signal=name,
-                phase=shutdown.phase.value,
-                elapsed_s=round(shutdown.elapsed(now), 3),
-            )
+        line = report.signal_taken(take, signum, self.life, self.run, now)
+        if line is not None:
+            log = self.log.warning if take == "again" else self.log.info
+            log(line[0], **line[1])
         self.act(actions, now)
+        shutdown = self.life.shutdown
         if shutdown.forced and take == "again":
             self.log.warning("shutdown_forced", elapsed_s=round(shutdown.elapsed(now), 3))
 
@@ -225,31 +169,21 @@ class Supervisor:
         # nothing acts on a pid that is gone), then the run's own process.
         mine = None
         sidecar_exits = []
-        by_pid = {side.pid: index for index, side in enumerate(self.sidecars) if side.pid}
         for ex in exits:
+            sidecar = self.crew.index_of(ex.pid)
             if ex.pid == self.run.pid:
                 mine = ex
                 self.run.exited = True
-            elif ex.pid in by_pid:
-                sidecar_exits.append((by_pid[ex.pid], ex))
+            elif sidecar is not None:
+                sidecar_exits.append((sidecar, ex))
             elif not self.runner.claim(ex):
                 self.log.debug("orphan_reaped", pid=ex.pid, exit_code=ex.code)
         if mine is not None:
             self._on_exit(mine, now)
-        for index, ex in sidecar_exits:
-            self._on_sidecar_exit(index, ex, now)
+        self.crew.exited(sidecar_exits, now)
         self.runner.deliver()
-        if none_left or self._only_sidecars_left():
+        if none_left or self.crew.only_sidecars_left():
             self.act(self.life.on_nothing_left(now), now)
-
-    def _only_sidecars_left(self) -> bool:
-        """Every child of pidone is a sidecar: for the app's stop, nothing is left."""
-        running = {side.pid for side in self.sidecars if side.pid is not None}
-        if not running:
-            return False
-        from pidone import tree
-
-        return set(tree.children()) <= running
 
     def _on_exit(self, ex: spawn.Exit, now: float) -> None:
         if self.run.kind == "init":
@@ -282,7 +216,7 @@ class Supervisor:
         tty = 0 if self.started.foreground else None
         preset = preset if run.kind == "app" else None
         name = "app" if run.kind == "app" else f"init-{self.life.init_index}"
-        stdio = self._pipes(name) if preset is None else None
+        stdio = self.pipes(name) if preset is None else None
         error = run.start(preset, env, tty, now, stdio)
         if error is not None:
             self._cannot_start(error, now)
@@ -339,9 +273,7 @@ class Supervisor:
 
     def snapshot(self) -> Snapshot:
         """What the status endpoint reports, read at the moment of each request."""
-        from pidone import report
-
-        return report.snapshot(self.life, self.run, self.sidecars, self.last_exit)
+        return report.snapshot(self.life, self.run, self.crew.runs, self.last_exit)
 
     # -- actions ----------------------------------------------------------------------
 
@@ -362,7 +294,7 @@ class Supervisor:
 
     def _do(self, action: LifeAction, now: float) -> None:  # noqa: C901 - one case per action
         if isinstance(action, StartSidecar | StopSidecar | RestartSidecarLater):
-            self._do_sidecar(action, now)
+            self.crew.do(action, now)
         elif isinstance(action, StartInit):
             self._start(Run(self.config, "init", self.config.inits[action.index].argv), now)
         elif isinstance(action, StartApp):
@@ -384,7 +316,7 @@ class Supervisor:
             # deadline; SIGCONT lets it stop gracefully, as systemd does.
             self.run.signal(signal.SIGCONT)
         elif isinstance(action, SignalRest):
-            spare = [side.pid for side in self.sidecars if side.pid is not None]
+            spare = self.crew.pids
             self.run.signal_rest(action.signum, self.log, spare)
             self.loop.later(self.reap)  # exits before the signal left no SIGCHLD to wait for
         elif isinstance(action, KillAll):
@@ -398,119 +330,12 @@ class Supervisor:
         elif isinstance(action, Exit):
             self._check_oom()
 
-    # -- sidecars ---------------------------------------------------------------------
-
-    def _do_sidecar(
-        self, action: StartSidecar | StopSidecar | RestartSidecarLater, now: float
-    ) -> None:
-        if isinstance(action, StartSidecar):
-            self._start_sidecar(action.index, now)
-        elif isinstance(action, StopSidecar):
-            side = self.sidecars[action.index]
-            self.log.info(
-                "sidecar_stopping",
-                name=side.spec.name,
-                pid=side.pid,
-                signal=signal_name(action.signum),
-                elapsed_s=round(self.life.shutdown.elapsed(now), 3),
-            )
-            side.stop(action.signum, now)
-        else:
-            side = self.sidecars[action.index]
-            side.restarts += 1
-            self.log.warning(
-                "sidecar_restart_scheduled",
-                name=side.spec.name,
-                delay_s=action.delay,
-                restarts=side.restarts,
-            )
-
     def _output_dropped(self, count: int) -> None:
         self.log.warning("output_lines_dropped", count=count)
 
-    def _pipes(self, name: str) -> tuple[int, int] | None:
+    def pipes(self, name: str) -> tuple[int, int] | None:
         """With --prefix-output, the output pipes for a new process (None: inherited)."""
         return None if self.relay is None else self.relay.pipes(name)
-
-    def _start_sidecar(self, index: int, now: float) -> None:
-        side = self.sidecars[index]
-        env = None
-        if side.spec.ready == NOTIFY:
-            sock = self._notify_socket(index)
-            env = None if sock is None else {**os.environ, **sock.env()}
-        if side.spec.ready == NOTIFY and env is None:
-            error: spawn.SpawnError | None = _NO_NOTIFY
-        else:
-            error = side.start(now, env, self._pipes(side.spec.name))
-        if error is not None:
-            self.log.error(
-                "sidecar_exited", name=side.spec.name, error=str(error), exit_code=error.exit_code
-            )
-            side.last_exit = {"exit_code": error.exit_code, "error": str(error)}
-            self.act(self.life.on_sidecar_exit(now, index, error.exit_code), now)
-            return
-        self.log.info(
-            "sidecar_started",
-            name=side.spec.name,
-            pid=side.pid,
-            argv=list(side.spec.argv),
-            restarts=side.restarts,
-        )
-        if side.spec.ready is None:  # running is all it promises
-            self.log.info("sidecar_ready", name=side.spec.name, check=None)
-        self.act(self.life.on_sidecar_started(now, index), now)
-
-    def _notify_socket(self, index: int) -> NotifySocket | None:
-        """The sidecar's own sd_notify socket (made once); None if none can be made."""
-        if index in self._notify:
-            return self._notify[index]
-        from pidone.notify import NotifySocket
-
-        try:
-            sock = NotifySocket()
-        except OSError as exc:  # out of file descriptors: this start fails, not pidone
-            self.log.error(
-                "sidecar_notify_failed", name=self.sidecars[index].spec.name, error=str(exc)
-            )
-            return None
-        sock.register(self.loop.selector, lambda fields: self._on_sidecar_notify(index, fields))
-        self._notify[index] = sock
-        return sock
-
-    def _on_sidecar_notify(self, index: int, fields: dict[str, str]) -> None:
-        side = self.sidecars[index]
-        if fields.get("READY") != "1" or side.pid is None:
-            return
-        if self.life.sidecars.states[index].ready:
-            return  # said again: nothing new
-        self.log.info("sidecar_ready", name=side.spec.name, check=NOTIFY)
-        self.act(self.life.on_sidecar_ready(index), time.monotonic())
-
-    def check_sidecar(self, index: int, check: Check, generation: int) -> None:
-        def done(result: Result) -> None:
-            side = self.sidecars[index]
-            if side.generation != generation or side.pid is None:
-                return  # that process is gone; its successor has checks of its own
-            now = time.monotonic()
-            if not result.ok:
-                side.check_at = now + READY_PERIOD
-                return
-            self.log.info("sidecar_ready", name=side.spec.name, check=check.describe())
-            self.act(self.life.on_sidecar_ready(index), now)
-
-        self.runner.start(check, READY_TIMEOUT, done)
-
-    def _on_sidecar_exit(self, index: int, ex: spawn.Exit, now: float) -> None:
-        side = self.sidecars[index]
-        stopping = self.life.sidecars.states[index].stopping
-        fields = side.exited(ex, now)
-        if stopping:
-            self.log.info("sidecar_stopped", **fields)
-        elif self.life.restarts_sidecars:
-            self.log.warning("sidecar_exited", **fields)  # unexpected: it will be restarted
-        else:
-            self.log.info("sidecar_exited", **fields)  # the stop is under way
-        self.act(self.life.on_sidecar_exit(now, index, ex.code), now)
 
     def _run_drain(self, index: int, deadline: float, now: float) -> None:
         step = self.config.drains[index]
@@ -543,8 +368,6 @@ class Supervisor:
         self.act(self.life.on_run_over(now, oom=self._check_oom()), now)
 
     def _restart_later(self, delay: float, now: float) -> None:
-        from pidone import report
-
         life = self.life
         ran = now - (self.run.started_at or now)
         self.last_exit = {
@@ -561,19 +384,13 @@ class Supervisor:
 
     def _check_oom(self) -> bool:
         """Did the memory cgroup count an OOM kill during this run?"""
-        from pidone import cgroup
-
-        oom_after = cgroup.oom_kills()
-        oom = self.oom_before is not None and oom_after is not None and oom_after > self.oom_before
-        self.oom_before = oom_after  # the next run counts from here
+        oom = self.oom.since_last()
         if oom:
             self.life.outcome.oom = True
         return oom
 
     def conclude(self) -> int:
         """The final report; the exit code."""
-        from pidone import report
-
         code = self.life.exit_code()
         dropped = 0
         if self.relay is not None:  # the processes' last lines come before pidone's last
@@ -582,7 +399,7 @@ class Supervisor:
         report.conclude(
             self.life,
             self.run,
-            self.sidecars,
+            self.crew.runs,
             time.monotonic(),
             code,
             self.log,
@@ -620,8 +437,6 @@ def last_resort(sup: Supervisor | None, started: Started, exc: BaseException) ->
     """An unexpected error inside pidone: kill the tree, reap, keep the app's code."""
     import contextlib
     import sys
-
-    from pidone import tree
 
     if sup is not None:
         with contextlib.suppress(Exception):
