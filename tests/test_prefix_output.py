@@ -33,10 +33,11 @@ while True:
 def test_each_line_is_prefixed_with_the_name_of_its_process(mode, tmp_path):
     """The app's stdout and stderr, a sidecar's and an init command's, each on its stream."""
     said = tmp_path / "said"  # the sidecar is ready once it has said its lines
+    proxy = f"echo proxy up; echo proxy warn >&2; touch {said}; exec sleep 60"
     opts = [
         "--prefix-output",
         "--init", "sh -c 'echo init line'",
-        "--sidecar", f"proxy=sh -c 'echo proxy up; echo proxy warn >&2; touch {said}; exec sleep 60'",
+        "--sidecar", f"proxy=sh -c '{proxy}'",
         "--sidecar-ready", f"proxy=exec:test -f {said}",
     ]  # fmt: skip
     argv = ["sh", "-c", "echo partial-no-newline; printf 'a\\nb'; echo err line >&2; exit 3"]
