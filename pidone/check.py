@@ -21,7 +21,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple, TextIO
 
-from pidone.config import Config, ExecDrain, HttpDrain, TcpCheck, signal_name
+from pidone.config import Command, Config, HttpCall, TcpCheck, signal_name
 from pidone.lifecycle import KILL_WAIT, app_reserve
 from pidone.options import Kind, Option
 from pidone.settings import Settings, resolve
@@ -234,9 +234,9 @@ def _one(opt: Option, value: object) -> str:
         return signal_name(value)
     if opt.kind in ("duration", "interval") and isinstance(value, float):
         return f"{value:g}s"
-    if isinstance(value, ExecDrain) and opt.kind == "probe":
+    if isinstance(value, Command) and opt.kind == "probe":
         return "exec:" + value.describe()
-    if isinstance(value, ExecDrain | HttpDrain | TcpCheck):
+    if isinstance(value, Command | HttpCall | TcpCheck):
         return value.describe()
     if opt.kind in ("remap", "address") and isinstance(value, tuple):
         return f"{value[0]}:{value[1]}"  # FROM:TO, HOST:PORT

@@ -32,8 +32,11 @@ HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 _UNCATCHABLE = frozenset({signal.SIGKILL, signal.SIGSTOP})
 
 
-class ExecDrain(NamedTuple):
-    """A drain step that runs a command (no shell unless the user wrote one)."""
+class Command(NamedTuple):
+    """A command to run: a drain, an init command, a hook, an exec probe, a sidecar.
+
+    Split like a shell, run without one (no shell unless the user wrote one).
+    """
 
     argv: tuple[str, ...]
 
@@ -43,8 +46,8 @@ class ExecDrain(NamedTuple):
         return shlex.join(self.argv)
 
 
-class HttpDrain(NamedTuple):
-    """A drain step that sends one HTTP request; 2xx and 3xx count as success."""
+class HttpCall(NamedTuple):
+    """One HTTP request (a drain, a hook, a probe); 2xx and 3xx count as success."""
 
     method: str
     url: str
@@ -63,8 +66,8 @@ class TcpCheck(NamedTuple):
         return f"tcp://{self.host}:{self.port}"
 
 
-DrainStep = ExecDrain | HttpDrain
-Check = ExecDrain | HttpDrain | TcpCheck
+Step = Command | HttpCall  # what a drain or a post-start hook may be
+Check = Command | HttpCall | TcpCheck
 PROBES: tuple[ProbeKind, ...] = ("startup", "readiness", "liveness")
 
 
@@ -116,9 +119,9 @@ def _named(text: str, what: str, parse: Callable[[str], T]) -> tuple[str, T]:
         raise ValueError(f"{text!r}: {exc}") from None
 
 
-def parse_sidecar(text: str) -> tuple[str, ExecDrain]:
+def parse_sidecar(text: str) -> tuple[str, Command]:
     """``NAME=COMMAND``: the command split like a shell, run without one."""
-    return _named(text, "COMMAND", parse_exec_drain)
+    return _named(text, "COMMAND", parse_command)
 
 
 def _ready_target(text: str) -> Check | Notify:
@@ -153,7 +156,7 @@ def _per_sidecar(option: str, names: Sequence[str], given: Sequence[tuple[str, T
 
 
 def build_sidecars(
-    commands: Sequence[tuple[str, ExecDrain]],
+    commands: Sequence[tuple[str, Command]],
     ready: Sequence[tuple[str, Check | Notify]],
     stop_signals: Sequence[tuple[str, int]] = (),
     delays: Sequence[tuple[str, float]] = (),
@@ -191,10 +194,10 @@ class Config(NamedTuple):
     stop_signal: int = signal.SIGTERM
     grace: float = 8.0
     pre_stop_delay: float = 0.0
-    drains: tuple[DrainStep, ...] = ()
+    drains: tuple[Step, ...] = ()
     termination_log: str | None = None
-    inits: tuple[ExecDrain, ...] = ()
-    post_start: tuple[DrainStep, ...] = ()
+    inits: tuple[Command, ...] = ()
+    post_start: tuple[Step, ...] = ()
     hook_timeout: float = 30.0
     probes: tuple[Probe, ...] = ()
     status_addr: tuple[str, int] | None = None
@@ -293,7 +296,7 @@ def parse_remap(text: str) -> tuple[int, int]:
     return src, dst
 
 
-def parse_exec_drain(text: str) -> ExecDrain:
+def parse_command(text: str) -> Command:
     import shlex
 
     if "\0" in text:
@@ -304,10 +307,10 @@ def parse_exec_drain(text: str) -> ExecDrain:
         raise ValueError(f"{text!r} does not parse as a command: {exc}") from None
     if not argv:
         raise ValueError(f"{text!r} is an empty command")
-    return ExecDrain(tuple(argv))
+    return Command(tuple(argv))
 
 
-def parse_http_drain(text: str) -> HttpDrain:
+def parse_http_call(text: str) -> HttpCall:
     """``[METHOD ]URL`` with an http or https URL that names a host."""
     from urllib.parse import urlsplit
 
@@ -327,7 +330,7 @@ def parse_http_drain(text: str) -> HttpDrain:
         raise ValueError(f"{url!r} is not a valid URL: {exc}") from None
     if split.scheme not in ("http", "https") or not split.hostname or not port_ok:
         raise ValueError(f"{url!r} is not an http:// or https:// URL with a host")
-    return HttpDrain(method, url)
+    return HttpCall(method, url)
 
 
 def parse_choice(*choices: str) -> Callable[[str], str]:
@@ -396,11 +399,11 @@ def parse_probe_target(text: str) -> Check:
     """``http(s)://host:port/path``, ``tcp://host:port`` or ``exec:COMMAND``."""
     raw = text.strip()
     if raw.startswith(("http://", "https://")):
-        return parse_http_drain(raw)
+        return parse_http_call(raw)
     if raw.startswith("tcp://"):
         return TcpCheck(*_parse_host_port(raw[len("tcp://") :], "a tcp:// target"))
     if raw.startswith("exec:"):
-        return parse_exec_drain(raw[len("exec:") :])
+        return parse_command(raw[len("exec:") :])
     raise ValueError(f"{text!r} is not http://..., https://..., tcp://HOST:PORT or exec:COMMAND")
 
 

@@ -31,8 +31,8 @@ if TYPE_CHECKING:
 
     from structlog.typing import FilteringBoundLogger
 
+    from pidone.actions import Result, Runner
     from pidone.config import Check, Config
-    from pidone.hooks import Result, Runner
     from pidone.lifecycle import Life, LifeAction
     from pidone.loop import Loop
     from pidone.notify import NotifySocket

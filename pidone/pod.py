@@ -17,8 +17,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from pidone.actions import Result, Runner
 from pidone.config import Config
-from pidone.hooks import Result, Runner
 
 if TYPE_CHECKING:
     from structlog.typing import FilteringBoundLogger

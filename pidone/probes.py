@@ -8,7 +8,7 @@
 
 Each probe is due every ``period`` seconds from its initial delay; a probe
 still running when it is due again is not started twice.  The runs go
-through :class:`pidone.hooks.Runner` (commands as children, HTTP and TCP on
+through :class:`pidone.actions.Runner` (commands as children, HTTP and TCP on
 short threads), so a slow or hung probe never blocks the loop; its time
 limit is ``timeout``.  Without probes this module schedules nothing, and an
 idle pidone stays asleep.
@@ -31,8 +31,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from pidone.actions import Result, Runner
 from pidone.config import Config, Probe
-from pidone.hooks import Result, Runner
 
 if TYPE_CHECKING:
     from structlog.typing import FilteringBoundLogger

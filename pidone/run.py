@@ -19,8 +19,8 @@ import time
 from typing import TYPE_CHECKING, Literal
 
 from pidone import spawn
+from pidone.actions import DrainOutcome, Result, Runner
 from pidone.config import NOTIFY, signal_name
-from pidone.hooks import DrainOutcome, Result, Runner
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Collection

@@ -36,9 +36,8 @@ from typing import TYPE_CHECKING, Literal, NamedTuple, cast
 from pidone.config import (
     PROBES,
     Check,
+    Command,
     Config,
-    DrainStep,
-    ExecDrain,
     LogFormat,
     LogLevel,
     Notify,
@@ -46,6 +45,7 @@ from pidone.config import (
     ProbeKind,
     RestartPolicy,
     SignalTarget,
+    Step,
     build_sidecars,
 )
 from pidone.options import BY_NAME, CONFIG_ENVVAR, OPTIONS, Option, split_env
@@ -277,13 +277,11 @@ def build_config(values: Mapping[str, object], argv: Sequence[str]) -> Config:
         stop_signal=cast("int", values["stop_signal"]),
         grace=cast("float", values["grace"]),
         pre_stop_delay=cast("float", values["pre_stop_delay"]),
-        drains=cast(
-            "tuple[DrainStep, ...]", (*_many(values, "drain"), *_many(values, "drain_http"))
-        ),
+        drains=cast("tuple[Step, ...]", (*_many(values, "drain"), *_many(values, "drain_http"))),
         termination_log=cast("str | None", values["termination_log"]),
-        inits=cast("tuple[ExecDrain, ...]", tuple(_many(values, "init"))),
+        inits=cast("tuple[Command, ...]", tuple(_many(values, "init"))),
         post_start=cast(
-            "tuple[DrainStep, ...]",
+            "tuple[Step, ...]",
             (*_many(values, "post_start"), *_many(values, "post_start_http")),
         ),
         hook_timeout=cast("float", values["hook_timeout"]),
@@ -299,7 +297,7 @@ def build_config(values: Mapping[str, object], argv: Sequence[str]) -> Config:
         restart_delay_max=cast("float", values["restart_delay_max"]),
         restart_reset=cast("float", values["restart_reset"]),
         sidecars=build_sidecars(
-            cast("tuple[tuple[str, ExecDrain], ...]", _many(values, "sidecar")),
+            cast("tuple[tuple[str, Command], ...]", _many(values, "sidecar")),
             cast("tuple[tuple[str, Check | Notify], ...]", _many(values, "sidecar_ready")),
             cast("tuple[tuple[str, int], ...]", _many(values, "sidecar_stop_signal")),
             cast("tuple[tuple[str, float], ...]", _many(values, "sidecar_restart_delay")),

@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING
 # lazy import of report or tree failed and turned the app's exit code into 1
 # (tests/test_faults_actions.py, out of descriptors).
 from pidone import cgroup, report, spawn, tree
+from pidone.actions import Result, Runner
 from pidone.config import signal_name
 from pidone.crew import Crew
-from pidone.hooks import Result, Runner
 from pidone.lifecycle import (
     CancelDrain,
     Exit,
@@ -48,9 +48,9 @@ if TYPE_CHECKING:
 
     from structlog.typing import FilteringBoundLogger
 
+    from pidone.actions import OnDone
     from pidone.boot import Started
     from pidone.config import Check, Config
-    from pidone.hooks import OnDone
     from pidone.loop import Loop, Timed
     from pidone.relay import Relay
     from pidone.status import Snapshot

@@ -10,7 +10,7 @@ import pytest
 from harness import CLEAN_ENV, pidone_cli
 
 from pidone import check, cli
-from pidone.config import Config, ExecDrain, HttpDrain
+from pidone.config import Command, Config, HttpCall
 from pidone.lifecycle import Phase, RunDrain, Shutdown, SignalApp
 from pidone.options import CONFIG_ENVVAR
 from pidone.settings import resolve, wants_check
@@ -45,7 +45,7 @@ def test_plan_grace_10_delay_2_two_drains():
         argv=("app",),
         grace=10.0,
         pre_stop_delay=2.0,
-        drains=(ExecDrain(("a",)), HttpDrain("POST", "http://h/d")),
+        drains=(Command(("a",)), HttpCall("POST", "http://h/d")),
     )
     assert steps(config) == [
         (0.0, None, "shutdown signal received"),
@@ -63,7 +63,7 @@ def test_plan_matches_the_state_machine_when_drains_use_their_whole_share():
         argv=("app",),
         grace=3.0,
         pre_stop_delay=0.5,
-        drains=(ExecDrain(("a",)), ExecDrain(("b",)), ExecDrain(("c",))),
+        drains=(Command(("a",)), Command(("b",)), Command(("c",))),
     )
     machine = Shutdown(3.0, signal.SIGTERM, drain_count=3, pre_stop_delay=0.5)
     actions = machine.on_shutdown_signal(0.0)
@@ -87,7 +87,7 @@ def test_plan_matches_the_state_machine_when_drains_use_their_whole_share():
 
 
 def test_plan_short_grace_cut_delay_and_zero_grace():
-    cut = Config(argv=("app",), grace=4.0, pre_stop_delay=5.0, drains=(ExecDrain(("a",)),))
+    cut = Config(argv=("app",), grace=4.0, pre_stop_delay=5.0, drains=(Command(("a",)),))
     assert steps(cut)[1:4] == [
         (0.0, 3.0, "pre-stop delay (cut from 5s)"),  # reserve min(2, 4/4) = 1
         (3.0, 0.0, "drains 1-1 skipped: no time left"),
@@ -99,7 +99,7 @@ def test_plan_short_grace_cut_delay_and_zero_grace():
         8.0,
         "stop signal SIGUSR1 to the app's process group; its time to exit (reserve 2s)",
     )
-    zero = Config(argv=("app",), grace=0.0, drains=(ExecDrain(("a",)),))
+    zero = Config(argv=("app",), grace=0.0, drains=(Command(("a",)),))
     assert [s[2] for s in steps(zero)][1] == "grace 0: SIGKILL to everything at once, no drains"
     assert "grace is 0: the pre-stop delay and the drains never run" in check.warnings(zero)
 

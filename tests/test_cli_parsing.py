@@ -23,12 +23,12 @@ from hypothesis import strategies as st
 from pidone import cli
 from pidone.config import (
     HTTP_METHODS,
+    Command,
     Config,
-    ExecDrain,
-    HttpDrain,
+    HttpCall,
+    parse_command,
     parse_duration,
-    parse_exec_drain,
-    parse_http_drain,
+    parse_http_call,
     parse_remap,
     parse_signal,
     signal_name,
@@ -134,7 +134,7 @@ def assert_valid(config: Config) -> None:
         assert 0 <= src <= 255
         assert 0 <= dst <= 255
     for step in config.drains:
-        if isinstance(step, ExecDrain):
+        if isinstance(step, Command):
             assert step.argv
         else:
             assert step.method in HTTP_METHODS
@@ -263,7 +263,7 @@ def test_parse_remap_refuses_codes_outside_0_255(src, dst):
 @given(st.text())
 def test_parse_exec_drain_returns_a_non_empty_argv_or_value_error(text):
     try:
-        step = parse_exec_drain(text)
+        step = parse_command(text)
     except ValueError as exc:
         message = str(exc)
         assert message
@@ -273,15 +273,15 @@ def test_parse_exec_drain_returns_a_non_empty_argv_or_value_error(text):
 
 @given(st.lists(st.text(min_size=1).filter(lambda s: "\x00" not in s), min_size=1, max_size=5))
 def test_parse_exec_drain_round_trips_through_its_description(argv):
-    step = ExecDrain(tuple(argv))
-    assert parse_exec_drain(step.describe()) == step
+    step = Command(tuple(argv))
+    assert parse_command(step.describe()) == step
     assert shlex.split(step.describe()) == argv
 
 
 @given(st.text())
 def test_parse_http_drain_returns_an_http_url_or_value_error(text):
     try:
-        step = parse_http_drain(text)
+        step = parse_http_call(text)
     except ValueError as exc:
         message = str(exc)
         assert message
@@ -299,8 +299,8 @@ def test_parse_http_drain_returns_an_http_url_or_value_error(text):
 )
 def test_parse_http_drain_round_trips_through_its_description(method, scheme, host, port, path):
     url = f"{scheme}://{host}{'' if port is None else f':{port}'}{path}"
-    step = HttpDrain(method, url)
-    assert parse_http_drain(step.describe()) == step
+    step = HttpCall(method, url)
+    assert parse_http_call(step.describe()) == step
 
 
 @pytest.mark.parametrize(
@@ -309,4 +309,4 @@ def test_parse_http_drain_round_trips_through_its_description(method, scheme, ho
 )
 def test_parse_http_drain_refuses(text):
     with pytest.raises(ValueError):
-        parse_http_drain(text)
+        parse_http_call(text)

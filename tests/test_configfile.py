@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pidone import cli, configfile
-from pidone.config import Config, ExecDrain, HttpDrain, Probe, TcpCheck
+from pidone.config import Command, Config, HttpCall, Probe, TcpCheck
 from pidone.options import CONFIG_ENVVAR, OPTIONS
 from pidone.settings import fast_parse
 
@@ -85,9 +85,9 @@ target = "exec:test -e /tmp/ready"
         grace=12.0,
         pre_stop_delay=1.5,
         drains=(
-            ExecDrain(("sh", "-c", "echo a")),
-            ExecDrain(("true",)),
-            HttpDrain("POST", "http://127.0.0.1:8080/drain"),
+            Command(("sh", "-c", "echo a")),
+            Command(("true",)),
+            HttpCall("POST", "http://127.0.0.1:8080/drain"),
         ),
         shutdown_signals=frozenset({signal.SIGTERM, signal.SIGUSR1}),
         stop_signal=signal.SIGUSR2,
@@ -96,11 +96,11 @@ target = "exec:test -e /tmp/ready"
         hook_timeout=2.5,
         status_addr=("127.0.0.1", 9000),
         probes=(
-            Probe("startup", ExecDrain(("test", "-e", "/tmp/ready"))),
+            Probe("startup", Command(("test", "-e", "/tmp/ready"))),
             Probe(
                 "readiness", TcpCheck("127.0.0.1", 8080), failure_threshold=4, success_threshold=2
             ),
-            Probe("liveness", HttpDrain("GET", "http://127.0.0.1:8080/healthz"), period=5.0),
+            Probe("liveness", HttpCall("GET", "http://127.0.0.1:8080/healthz"), period=5.0),
         ),
     )
 
@@ -108,7 +108,7 @@ target = "exec:test -e /tmp/ready"
 def test_a_single_string_is_a_one_item_array(tmp_path):
     single = write(tmp_path, "drain = \"sh -c 'x y'\"\n", "single.toml")
     array = write(tmp_path, "drain = [\"sh -c 'x y'\"]\n", "array.toml")
-    assert both(["--config", single, "app"]).drains == (ExecDrain(("sh", "-c", "x y")),)
+    assert both(["--config", single, "app"]).drains == (Command(("sh", "-c", "x y")),)
     assert both(["--config", array, "app"]) == both(["--config", single, "app"])
     empty = write(tmp_path, "drain = []\n", "empty.toml")
     assert both(["--config", empty, "app"]).drains == ()
@@ -139,8 +139,8 @@ def test_flag_over_env_over_file_over_default(tmp_path):
     assert config.pre_stop_delay == 2.0  # env beats file
     assert config.hook_timeout == 7.0  # flag beats env and file
     assert config.log_level == "info"  # default
-    assert config.drains == (ExecDrain(("a",)),)
-    assert both(["--drain", "b", "app"], env).drains == (ExecDrain(("b",)),)
+    assert config.drains == (Command(("a",)),)
+    assert both(["--drain", "b", "app"], env).drains == (Command(("b",)),)
 
 
 def test_config_flag_beats_config_env(tmp_path):

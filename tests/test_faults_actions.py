@@ -29,8 +29,8 @@ import psutil
 import pytest
 from harness import PY, ROOT, Lines, app, free_port, http_get, needs_root, wait_until
 
-from pidone import hooks
-from pidone.config import HttpDrain, TcpCheck
+from pidone import actions
+from pidone.config import HttpCall, TcpCheck
 
 pytestmark = pytest.mark.timeout(60)
 TOL = 0.5
@@ -321,18 +321,18 @@ def test_a_run_that_finds_every_worker_busy_fails_at_once_and_slots_come_back():
     server.listen(64)
     port = server.getsockname()[1]
     selector = selectors.DefaultSelector()
-    runner = hooks.Runner(selector)
-    results: list[hooks.Result] = []
+    runner = actions.Runner(selector)
+    results: list[actions.Result] = []
     before = threading.active_count()
     try:
         tokens = [
-            runner.start(HttpDrain("GET", f"http://localhost:{port}/"), None, results.append)
-            for _ in range(hooks.MAX_THREADS + 1)
+            runner.start(HttpCall("GET", f"http://localhost:{port}/"), None, results.append)
+            for _ in range(actions.MAX_THREADS + 1)
         ]
         assert len(results) == 1
         assert results[0].errored
         assert "busy" in results[0].detail
-        assert runner.threads == hooks.MAX_THREADS
+        assert runner.threads == actions.MAX_THREADS
         for token in tokens:
             runner.cancel(token, "test over")
         # Each cancelled thread is woken (its socket shut down) and reports back.
@@ -759,16 +759,16 @@ def test_host_names_and_https_never_run_on_the_loop(monkeypatch):
     monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
     monkeypatch.setattr(ssl.SSLContext, "wrap_socket", wrap)
     selector = selectors.DefaultSelector()
-    runner = hooks.Runner(selector)
-    results: list[hooks.Result] = []
+    runner = actions.Runner(selector)
+    results: list[actions.Result] = []
     port = free_port()  # nobody listens: refused, quickly
     for check in (
         TcpCheck("localhost", port),
         TcpCheck("127.0.0.1", port),
-        HttpDrain("GET", f"http://localhost:{port}/"),
-        HttpDrain("GET", f"http://127.0.0.1:{port}/"),
-        HttpDrain("GET", f"https://127.0.0.1:{port}/"),
-        HttpDrain("GET", f"http://[::1]:{port}/"),
+        HttpCall("GET", f"http://localhost:{port}/"),
+        HttpCall("GET", f"http://127.0.0.1:{port}/"),
+        HttpCall("GET", f"https://127.0.0.1:{port}/"),
+        HttpCall("GET", f"http://[::1]:{port}/"),
     ):
         runner.start(check, 5.0, results.append)
     deadline = time.monotonic() + 10

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import signal
 
-from pidone.config import Config, ExecDrain
+from pidone.config import Command, Config
 from pidone.lifecycle import (
     Exit,
     Finish,
@@ -25,7 +25,7 @@ def life(**kw: object) -> Life:
 
 
 def test_inits_run_in_order_then_the_app_with_a_fresh_stop_budget():
-    lf = life(inits=(ExecDrain(("a",)), ExecDrain(("b",))), drains=(ExecDrain(("d",)),))
+    lf = life(inits=(Command(("a",)), Command(("b",))), drains=(Command(("d",)),))
     assert lf.first() == StartInit(0)
     assert lf.shutdown.drain_count == 0  # nothing to drain while an init command runs
     assert lf.on_init_exit(0) == [StartInit(1)]
@@ -35,7 +35,7 @@ def test_inits_run_in_order_then_the_app_with_a_fresh_stop_budget():
 
 
 def test_failed_init_command_is_the_reason_and_its_code_is_pidones():
-    lf = life(inits=(ExecDrain(("a",)),))
+    lf = life(inits=(Command(("a",)),))
     assert lf.on_init_exit(3) is None
     assert lf.on_exit(1.0, 3, None) == [SignalRest(TERM)]
     assert lf.on_nothing_left(1.1) == [Finish()]
@@ -117,7 +117,7 @@ def with_sidecars(*, started: bool = False, **kw: object) -> Life:
     """A gated sidecar ``a`` and an ungated ``b``; with ``started``, both up and the app next."""
     from pidone.config import Sidecar
 
-    sidecars = (Sidecar("a", ("a",), ExecDrain(("true",))), Sidecar("b", ("b",)))
+    sidecars = (Sidecar("a", ("a",), Command(("true",))), Sidecar("b", ("b",)))
     lf = life(sidecars=sidecars, **kw)
     if started:
         lf.on_sidecar_started(0.0, 0)

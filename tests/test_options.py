@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pidone import cli
-from pidone.config import Config, ExecDrain, HttpDrain
+from pidone.config import Command, Config, HttpCall
 from pidone.options import CONFIG_ENVVAR, NUMERIC_KINDS, OPTIONS, Kind, Option
 from pidone.settings import fast_parse, resolve
 
@@ -287,7 +287,7 @@ def test_fast_parse_builds_the_full_config():
     assert config == Config(
         argv=("app", "--grace", "9"),
         grace=3.0,
-        drains=(ExecDrain(("sh", "-c", "x y")), HttpDrain("POST", "http://h:1/d")),
+        drains=(Command(("sh", "-c", "x y")), HttpCall("POST", "http://h:1/d")),
         stop_signal=signal.SIGUSR2,
         remap_exit=((3, 0), (4, 1)),
     )

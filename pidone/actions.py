@@ -56,7 +56,7 @@ from urllib.parse import urlsplit
 # that needs it may be exactly what is running short.  (ssl alone stays lazy,
 # on the worker thread: it costs memory, and failing there fails one run.)
 from pidone import spawn, tree
-from pidone.config import Check, ExecDrain, HttpDrain, TcpCheck, signal_name
+from pidone.config import Check, Command, HttpCall, TcpCheck, signal_name
 from pidone.user import Credentials
 
 # What a probe's output may cost pidone's memory, per run.
@@ -101,12 +101,12 @@ def tcp_connect(check: TcpCheck, timeout: float) -> tuple[bool, str]:
     return _blocking_check(check, time.monotonic() + max(timeout, 0.001), _Waker())[:2]
 
 
-def http_request(step: HttpDrain, timeout: float) -> tuple[bool, str]:
+def http_request(step: HttpCall, timeout: float) -> tuple[bool, str]:
     """Send the request, blocking at most ``timeout``; 2xx or 3xx succeed.  Never raises."""
     return _blocking_check(step, time.monotonic() + max(timeout, 0.001), _Waker())[:2]
 
 
-def _request_bytes(action: HttpDrain) -> bytes:
+def _request_bytes(action: HttpCall) -> bytes:
     """The request as sent on the wire; UnicodeEncodeError for what ASCII cannot say."""
 
     url = urlsplit(action.url)
@@ -197,7 +197,7 @@ class _Waker:
 
 
 def _blocking_check(
-    action: HttpDrain | TcpCheck, deadline: float, waker: _Waker
+    action: HttpCall | TcpCheck, deadline: float, waker: _Waker
 ) -> tuple[bool, str, bool]:
     """One TCP connect or HTTP(S) request, on a worker thread: (ok, detail, errored).
 
@@ -230,7 +230,7 @@ def _left(deadline: float) -> float:
     return left
 
 
-def _exchange(action: HttpDrain | TcpCheck, deadline: float, waker: _Waker) -> tuple[bool, str]:
+def _exchange(action: HttpCall | TcpCheck, deadline: float, waker: _Waker) -> tuple[bool, str]:
     request = b""
     tls = False
     if isinstance(action, TcpCheck):
@@ -289,7 +289,7 @@ def _connect_any(
     raise error
 
 
-def _plain_target(action: HttpDrain | TcpCheck) -> tuple[str, int, int] | None:
+def _plain_target(action: HttpCall | TcpCheck) -> tuple[str, int, int] | None:
     """(ip, port, family) when the check can run in the selector, else None.
 
     Only plain TCP and HTTP to an IP literal: HTTPS needs a TLS handshake and a
@@ -325,7 +325,7 @@ class _Connection:
         self,
         selector: selectors.BaseSelector,
         target: tuple[str, int, int],
-        action: HttpDrain | TcpCheck,
+        action: HttpCall | TcpCheck,
         done: Callable[..., None],
     ) -> None:
         self._selector = selector
@@ -333,7 +333,7 @@ class _Connection:
         self._request = b""
         self._reply = b""
         self._sock: socket.socket | None = None
-        if isinstance(action, HttpDrain):
+        if isinstance(action, HttpCall):
             try:
                 self._request = _request_bytes(action)
             except UnicodeEncodeError as exc:
@@ -479,7 +479,7 @@ class Runner:
         token = self._next_token
         job = _Job(time.monotonic(), timeout, on_done)
         self._jobs[token] = job
-        if isinstance(action, ExecDrain):
+        if isinstance(action, Command):
             self._start_command(token, job, action, capture)
         else:
             plain = _plain_target(action)
@@ -552,7 +552,7 @@ class Runner:
 
     # -- internals ----------------------------------------------------------------
 
-    def _start_command(self, token: int, job: _Job, action: ExecDrain, capture: bool) -> None:
+    def _start_command(self, token: int, job: _Job, action: Command, capture: bool) -> None:
         write_fd = None
         if capture:
             try:
@@ -602,7 +602,7 @@ class Runner:
             job.output_fd = None
 
     def _start_thread(
-        self, token: int, job: _Job, action: HttpDrain | TcpCheck, timeout: float | None
+        self, token: int, job: _Job, action: HttpCall | TcpCheck, timeout: float | None
     ) -> None:
         """Run a check that needs a DNS lookup or a TLS handshake on a worker thread.
 
