@@ -612,7 +612,9 @@ def test_sigterm_before_the_handlers_exist_is_held_not_dropped_as_pid1():
     handlers are installed is queued (blocked) and acted on: the app is started and
     stopped, pidone exits with its code (before: dropped by the kernel, pidone ran on)."""
     argv = app("recorder", "--exit-code", "6")
-    cmd = pidone_cmd("pid1", [], argv, head=[PY, "-c", EARLY_TERM])
+    # The stop signal waits a second (pre-stop delay): the app, started at once, must
+    # have its signal handling in place by then, or it dies of SIGTERM (143), a race.
+    cmd = pidone_cmd("pid1", ["--pre-stop-delay", "1"], argv, head=[PY, "-c", EARLY_TERM])
     with raw_run("pid1", cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
         out, err = Lines(proc.stdout), Lines(proc.stderr)
         assert proc.wait(10) == 6
