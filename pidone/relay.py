@@ -156,9 +156,11 @@ class Relay:
         self._sources: set[_Source] = set()
 
     def _ended(self, source: _Source) -> None:
-        self._selector.unregister(source.fd)
         self._sources.discard(source)
-        os.close(source.fd)
+        with contextlib.suppress(KeyError, ValueError):
+            self._selector.unregister(source.fd)
+        with contextlib.suppress(OSError):
+            os.close(source.fd)
 
     def close(self, timeout: float = CLOSE_WAIT) -> None:
         """At the end: take what the pipes hold now, and give it ``timeout`` to be written.
@@ -186,13 +188,16 @@ class Relay:
     def dropped(self) -> int:
         return sum(stream.dropped for stream in self._streams.values())
 
-    def pipes(self, name: str) -> tuple[int, int] | None:
-        """The write ends for a new process's stdout and stderr; None if none can be had.
+    def pipes(self, name: str) -> tuple[int, int]:
+        """The write ends for a new process's stdout and stderr.
 
         The caller hands them to the child and closes them; pidone reads the
         other ends until the child (and whatever inherited them) has closed them.
+        Out of descriptors, nothing is left half made and the error is raised:
+        that process then writes unprefixed.
         """
         ends: list[int] = []
+        sources: list[_Source] = []
         try:
             for target in (1, 2):
                 read_end, write_end = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
@@ -200,14 +205,15 @@ class Relay:
                 os.set_blocking(write_end, True)  # the child's end behaves as a plain pipe
                 source = _Source(name.encode(), self._streams[target], read_end, self._ended)
                 self._selector.register(read_end, selectors.EVENT_READ, source.on_readable)
-                self._sources.add(source)
-        except (OSError, ValueError):  # out of descriptors: this process writes unprefixed
+                sources.append(source)
+        except (OSError, ValueError):
             for fd in ends:
                 with contextlib.suppress(OSError, KeyError, ValueError):
                     self._selector.unregister(fd)
                 with contextlib.suppress(OSError):
                     os.close(fd)
-            return None
+            raise
+        self._sources.update(sources)  # both or neither: a half-made pair is undone above
         return ends[1], ends[3]
 
 
@@ -222,12 +228,16 @@ class _Source:
         self.fd = fd
         self._on_end = on_end
         self._partial = b""
+        self._cut = False  # the last line relayed was cut, exactly where the partial ended
 
     def take_all(self) -> None:
         """Read what the pipe holds now (bounded: it is not waited on)."""
         for _ in range(64):
             if not self.on_readable(0):
-                return
+                break
+        if self._partial:  # a last line without its newline, from a pipe still held open
+            self._emit(self._partial)
+            self._partial = b""
 
     def on_readable(self, _mask: int) -> bool:
         """Relay one read; whether there may be more."""
@@ -239,19 +249,24 @@ class _Source:
             data = b""
         if not data:  # every writer has closed it
             if self._partial:
-                self._emit(self._partial + b"\n")
+                self._emit(self._partial)
+                self._partial = b""
             self._on_end(self)
             return False
-        lines = (self._partial + data).split(b"\n")
-        self._partial = lines.pop()
+        *lines, partial = (self._partial + data).split(b"\n")
+        if self._cut and lines and not lines[0]:
+            del lines[0]  # the end of a line already relayed, cut at LINE_MAX
         for line in lines:
-            self._emit(line + b"\n")
-        if len(self._partial) >= LINE_MAX:
-            self._emit(self._partial + b"\n")
-            self._partial = b""
+            self._emit(line)
+        # An endless line is relayed in pieces as it comes, not held whole.
+        whole = len(partial) - len(partial) % LINE_MAX
+        if whole:
+            self._emit(partial[:whole])
+        self._partial = partial[whole:]
+        self._cut = whole > 0 and not self._partial
         return True
 
-    def _emit(self, line: bytes) -> None:
-        for start in range(0, len(line), LINE_MAX):  # an endless line, cut into lines
-            piece = line[start : start + LINE_MAX]
-            self._stream.put(self._prefix + piece + (b"" if piece.endswith(b"\n") else b"\n"))
+    def _emit(self, content: bytes) -> None:
+        """One line (without its newline), cut into lines of :data:`LINE_MAX` at most."""
+        for start in range(0, max(len(content), 1), LINE_MAX):  # an empty line is a line
+            self._stream.put(self._prefix + content[start : start + LINE_MAX] + b"\n")

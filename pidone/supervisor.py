@@ -41,7 +41,7 @@ from pidone.lifecycle import (
 )
 from pidone.log import setup as setup_log
 from pidone.run import Run
-from pidone.sidecars import RestartSidecarLater, StartSidecar, StopSidecar
+from pidone.sidecars import RestartSidecarLater, SidecarNotReady, StartSidecar, StopSidecar
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -293,7 +293,7 @@ class Supervisor:
             )
 
     def _do(self, action: LifeAction, now: float) -> None:  # noqa: C901 - one case per action
-        if isinstance(action, StartSidecar | StopSidecar | RestartSidecarLater):
+        if isinstance(action, StartSidecar | StopSidecar | RestartSidecarLater | SidecarNotReady):
             self.crew.do(action, now)
         elif isinstance(action, StartInit):
             self._start(Run(self.config, "init", self.config.inits[action.index].argv), now)
@@ -335,7 +335,13 @@ class Supervisor:
 
     def pipes(self, name: str) -> tuple[int, int] | None:
         """With --prefix-output, the output pipes for a new process (None: inherited)."""
-        return None if self.relay is None else self.relay.pipes(name)
+        if self.relay is None:
+            return None
+        try:
+            return self.relay.pipes(name)
+        except (OSError, ValueError) as exc:  # out of descriptors: it starts all the same
+            self.log.warning("output_not_prefixed", name=name, error=str(exc))
+            return None
 
     def _run_drain(self, index: int, deadline: float, now: float) -> None:
         step = self.config.drains[index]
@@ -438,9 +444,13 @@ def last_resort(sup: Supervisor | None, started: Started, exc: BaseException) ->
     import contextlib
     import sys
 
-    if sup is not None:
-        with contextlib.suppress(Exception):
-            sup.log.error("internal_error", error=f"{type(exc).__name__}: {exc}")
+    error = f"{type(exc).__name__}: {exc}"
+    with contextlib.suppress(Exception):
+        if sup is not None:
+            sup.log.error("internal_error", error=error)
+        else:  # no logger (it could not be built): one plain line, never waited on
+            os.set_blocking(2, False)  # everything else is being killed: nobody is disturbed
+            os.write(2, f"pidone: internal_error: {error}\n".encode()[:1024])
     with contextlib.suppress(Exception):
         tree.kill_all()
     app_pid = sup.run.pid if sup is not None else started.app

@@ -83,3 +83,60 @@ def test_a_stalled_stdout_reader_never_stalls_pidone_and_drops_are_counted(mode)
     final = json.loads(err.lines[-1])
     assert final["event"] == "terminated"
     assert final["output_lines_dropped"] > 0
+
+
+# Lines around the relay's limit of 16 KiB: an empty one, exact multiples, one byte over,
+# one whose newline comes in a write of its own, and one written in pieces over time.
+LONG_LINES = """
+import os, sys
+M = 16 * 1024
+out = sys.stdout.buffer
+out.write(b"\\n" + b"a" * M + b"\\n" + b"b" * 2 * M + b"\\n" + b"c" * (M + 1) + b"\\n")
+out.flush()
+out.write(b"d" * M)
+out.flush()
+out.write(b"\\n")
+out.flush()
+for _ in range(6):
+    out.write(b"e" * M)
+    out.flush()
+out.write(b"e" * 100 + b"\\n")
+out.flush()
+"""
+
+
+def test_long_lines_are_cut_at_16_kib_and_no_empty_line_is_added(mode):
+    """However the bytes arrive, a line is cut into whole 16 KiB lines and nothing else:
+    an exact multiple gains no empty line after it, an empty line stays one."""
+    cmd = pidone_cmd(mode, ["--prefix-output"], [PY, "-c", LONG_LINES])
+    with raw_run(mode, cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    m = 16 * 1024
+    expected = ["", "a" * m, "b" * m, "b" * m, "c" * m, "c", "d" * m, *["e" * m] * 6, "e" * 100]
+    assert out.decode().splitlines() == [f"app | {line}" for line in expected]
+
+
+def test_out_of_descriptors_a_process_starts_unprefixed_and_its_code_comes_out():
+    """Under every small descriptor limit pidone keeps its promise: the app's own code,
+    or a clean start error; a pipe pair it could not finish is undone, never half kept."""
+    import resource
+
+    seen: dict[int, tuple[int, str]] = {}
+    for limit in range(7, 21):
+        proc = subprocess.run(
+            pidone_cmd("subreaper", ["--prefix-output"], ["sh", "-c", "echo said; exit 6"]),
+            capture_output=True,
+            timeout=20,
+            preexec_fn=lambda n=limit: resource.setrlimit(resource.RLIMIT_NOFILE, (n, n)),
+            check=False,
+        )
+        out, err = proc.stdout.decode(), proc.stderr.decode()
+        assert "internal_error" not in err, (limit, err)
+        assert "Traceback" not in err, (limit, err)
+        assert proc.returncode in (6, 126), (limit, proc.returncode, err)
+        seen[limit] = (proc.returncode, out)
+    unprefixed = [n for n, (code, out) in seen.items() if out == "said\n"]
+    assert unprefixed, seen  # some limit left no pipes: the app wrote straight to stdout
+    assert all(seen[n][0] == 6 for n in unprefixed)
+    assert seen[20] == (6, "app | said\n")
