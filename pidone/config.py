@@ -113,6 +113,9 @@ def _named(text: str, what: str, parse: Callable[[str], T]) -> tuple[str, T]:
         raise ValueError(f"{text!r} is not NAME={what}")
     if not 0 < len(name) <= 63 or not set(name) <= SIDECAR_NAME_CHARS:
         raise ValueError(f"{text!r}: the name {name!r} is not [a-z0-9-]+ (at most 63)")
+    if name == "app" or (name.startswith("init-") and name[5:].isdigit()):
+        # Output lines are named so (--prefix-output): a sidecar's would pass for them.
+        raise ValueError(f"{text!r}: the name {name!r} is the app's or an init command's")
     try:
         return name, parse(rest)
     except ValueError as exc:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Protocol
 from pidone import spawn
 from pidone.config import NOTIFY, signal_name
 from pidone.run import SidecarRun
-from pidone.sidecars import RestartSidecarLater, StartSidecar, StopSidecar
+from pidone.sidecars import RestartSidecarLater, SidecarNotReady, StartSidecar, StopSidecar
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -43,7 +43,7 @@ READY_TIMEOUT = 1.0
 # A sidecar whose notify socket could not be made cannot be told ready: it cannot start.
 _NO_NOTIFY = spawn.SpawnError("sd_notify socket", errno.EMFILE)
 
-SidecarAction = StartSidecar | StopSidecar | RestartSidecarLater
+SidecarAction = StartSidecar | StopSidecar | RestartSidecarLater | SidecarNotReady
 
 
 class Host(Protocol):
@@ -104,6 +104,14 @@ class Crew:
                 elapsed_s=round(host.life.shutdown.elapsed(now), 3),
             )
             side.stop(action.signum, now)
+        elif isinstance(action, SidecarNotReady):
+            check = side.spec.ready
+            host.log.error(
+                "sidecar_not_ready",
+                name=side.spec.name,
+                check=check if check is None or check == NOTIFY else check.describe(),
+                timeout_s=action.timeout,
+            )
         else:
             side.restarts += 1
             host.log.warning(

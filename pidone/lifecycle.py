@@ -35,7 +35,13 @@ from typing import Literal
 
 from pidone.backoff import Backoff
 from pidone.config import Config
-from pidone.sidecars import RestartSidecarLater, Sidecars, StartSidecar, StopSidecar
+from pidone.sidecars import (
+    RestartSidecarLater,
+    SidecarNotReady,
+    Sidecars,
+    StartSidecar,
+    StopSidecar,
+)
 
 # After SIGKILL nothing can resist except a process stuck in the kernel
 # (uninterruptible sleep); do not let one of those hold the container hostage.
@@ -337,6 +343,7 @@ LifeAction = (
     | StartSidecar
     | StopSidecar
     | RestartSidecarLater
+    | SidecarNotReady
 )
 
 
@@ -548,7 +555,8 @@ class Life:
         if self.stage == "sidecars":
             index = self.sidecars.gate_expired(now)
             if index is not None:  # it never got ready: the start fails
-                return self._sidecar_failed(now, index, 1)
+                timeout = self.config.sidecar_ready_timeout
+                return [SidecarNotReady(index, timeout), *self._sidecar_failed(now, index, 1)]
         if self.stage == "stopping":
             if self._kill_until is not None and now >= self._kill_until:
                 self.stage = "done"  # only processes stuck in the kernel resist SIGKILL

@@ -317,7 +317,8 @@ OPTIONS: tuple[Option, ...] = (
         "sidecar",
         "NAME=COMMAND",
         "A process started before the app, in order, and stopped after it, in reverse "
-        "order (repeatable; NAME is [a-z0-9-]+). Restarted with backoff if it exits.",
+        "order (repeatable; NAME is [a-z0-9-]+, not app or init-N). Restarted with "
+        "backoff if it exits.",
         multiple=True,
     ),
     Option(

@@ -54,6 +54,9 @@ def fields(
         "signal": None if outcome.app_signal is None else signal_name(outcome.app_signal),
         "error": outcome.start_error,
         "init": failed_step,
+        "failed_sidecar": None
+        if outcome.failed_sidecar is None
+        else life.config.sidecars[outcome.failed_sidecar].name,
         "failure": run.failure_detail if outcome.failure is not None else None,
         "post_start_hooks": run.hooks or None,
     }

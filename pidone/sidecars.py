@@ -40,6 +40,14 @@ class RestartSidecarLater:
     delay: float
 
 
+@dataclass(frozen=True)
+class SidecarNotReady:
+    """Sidecar ``index`` was not ready within ``timeout``: the start fails (said, then done)."""
+
+    index: int
+    timeout: float
+
+
 @dataclass
 class SidecarState:
     running: bool = False

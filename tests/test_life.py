@@ -193,11 +193,11 @@ def test_a_sidecar_failing_before_the_app_starts_stops_the_others_and_is_the_rea
 
 
 def test_a_sidecar_never_ready_within_its_bound_fails_the_start_with_code_1():
-    from pidone.sidecars import StopSidecar
+    from pidone.sidecars import SidecarNotReady, StopSidecar
 
     lf = with_sidecars(sidecar_ready_timeout=2.0)
     lf.on_sidecar_started(0.0, 0)
     assert lf.next_deadline() == 2.0
     assert lf.on_deadline(1.9) == []
-    assert lf.on_deadline(2.0) == [StopSidecar(0, TERM)]
+    assert lf.on_deadline(2.0) == [SidecarNotReady(0, 2.0), StopSidecar(0, TERM)]
     assert (lf.reason(), lf.exit_code()) == ("SidecarFailed", 1)

@@ -151,7 +151,9 @@ def test_sidecar_that_never_gets_ready_fails_the_start_and_the_app_never_starts(
     wait_until(lambda: events(rec))  # it runs (and takes TERM) well before the bound
     assert p.wait() == 1
     final = p.final()
-    assert final["reason"] == "SidecarFailed"
+    assert (final["reason"], final["failed_sidecar"]) == ("SidecarFailed", "a")
+    said = next(e for e in p.events() if e["event"] == "sidecar_not_ready")
+    assert (said["name"], said["check"], said["timeout_s"]) == ("a", "false", 1.5)
     assert not any(e["event"] == "app_started" for e in p.events())
     assert [w for n, w, _ in events(rec)] == ["start", "term", "exit"]
 
@@ -165,7 +167,7 @@ def test_sidecar_whose_command_does_not_exist_fails_the_start_and_earlier_ones_s
     ]  # fmt: skip
     p = run(opts, app_cmd(rec))
     assert p.wait() == 127
-    assert p.final()["reason"] == "SidecarFailed"
+    assert (p.final()["reason"], p.final()["failed_sidecar"]) == ("SidecarFailed", "b")
     assert [w for n, w, _ in events(rec)] == ["start", "ready", "term", "exit"]
 
 
@@ -176,6 +178,8 @@ def test_sidecar_whose_command_does_not_exist_fails_the_start_and_earlier_ones_s
         (["--sidecar", "a=x", "--sidecar", "a=y"], "'a'"),
         (["--sidecar", "a=x", "--sidecar-ready", "b=tcp://127.0.0.1:1"], "'b'"),
         (["--sidecar", "a="], "a="),
+        (["--sidecar", "app=nginx"], "'app'"),
+        (["--sidecar", "init-0=nginx"], "'init-0'"),
     ],
 )
 def test_bad_sidecar_settings_are_one_line_and_exit_2(args, quoted):
