@@ -214,8 +214,19 @@ def _add_sidecar_value(  # noqa: PLR0913, PLR0917 - read()'s state, handed over 
 ) -> None:
     """One table key becomes one ``NAME=VALUE`` text of its repeatable option."""
     name = keypath[1]
-    if isinstance(raw, bool) or not isinstance(raw, str | int | float):
-        problems.append((keypath, f"expected a string or a number, got {_kind(raw)}"))
+    if option.name == "sidecar" and isinstance(raw, list) and raw:
+        if not all(isinstance(item, str) for item in raw):
+            problems.append((keypath, "expected an array of strings (the command's words)"))
+            return
+        import shlex
+
+        raw = shlex.join(raw)  # the exec form, as a Dockerfile's CMD ["nginx", "-g", ...]
+    numeric = option.name not in ("sidecar", "sidecar-ready")  # a signal, a duration
+    if isinstance(raw, bool) or not isinstance(raw, str | int | float if numeric else str):
+        also = "a string or a number" if numeric else "a string"
+        if option.name == "sidecar":
+            also += " or an array of strings"
+        problems.append((keypath, f"expected {also}, got {_kind(raw)}"))
         return
     text = f"{name}={raw}"
     try:

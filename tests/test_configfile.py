@@ -509,13 +509,18 @@ def test_sidecar_tables_become_the_sidecar_options_in_file_order(tmp_path):
         "stop-signal = 3\n"
         "restart-delay = 2\n"
         "[sidecars.logs]\n"
-        'command = "fluent-bit"\n',
+        'command = "fluent-bit"\n'
+        "[sidecars.db-proxy]\n"
+        'command = ["cloud-sql-proxy", "--port", "5432", "my project"]\n',
     )
     config = both(["--config", path, "app"])
     assert [(s.name, s.argv[0]) for s in config.sidecars] == [
         ("proxy", "nginx"),
         ("logs", "fluent-bit"),
+        ("db-proxy", "cloud-sql-proxy"),
     ]
+    # An array is the command's words, as a Dockerfile's exec form: no splitting.
+    assert config.sidecars[2].argv == ("cloud-sql-proxy", "--port", "5432", "my project")
     proxy = config.sidecars[0]
     assert (proxy.stop_signal, proxy.restart_delay) == (signal.SIGQUIT, 2.0)
     assert proxy.ready is not None
@@ -528,6 +533,9 @@ def test_sidecar_tables_become_the_sidecar_options_in_file_order(tmp_path):
         ('[sidecars.proxy]\ncommand = "x"\nwhen = 1\n', "when"),
         ('[sidecars.Proxy]\ncommand = "x"\n', "Proxy"),
         ('sidecar = ["proxy=x"]\n[sidecars.proxy]\ncommand = "y"\n', "again"),
+        ("[sidecars.proxy]\ncommand = 5\n", "expected a string or an array of strings"),
+        ('[sidecars.proxy]\ncommand = ["nginx", 5]\n', "array of strings"),
+        ('[sidecars.proxy]\ncommand = "x"\nready = 8080\n', "expected a string"),
     ],
 )
 def test_bad_sidecar_tables_are_refused_in_one_line(tmp_path, text, complaint):
