@@ -58,7 +58,8 @@ def main() -> int:
     server = Server(
         (os.environ.get("HOST", "127.0.0.1"), int(os.environ.get("PORT", "8080"))), Handler
     )
-    print(f"naive_app: listening on port {server.server_port}", file=sys.stderr, flush=True)
+    sys.stderr.write(f"naive_app: listening on port {server.server_port}\n")  # one write
+    sys.stderr.flush()
     server.serve_forever()
     return 0
 

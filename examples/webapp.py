@@ -43,7 +43,10 @@ HANDSHAKE_SETTLE = 0.05
 
 
 def log(message: str) -> None:
-    print(f"webapp[{os.getpid()}]: {message}", file=sys.stderr, flush=True)
+    # One write per line: print() writes the text and its newline apart, and unbuffered
+    # (PYTHONUNBUFFERED) another writer's line on the same stream can land in between.
+    sys.stderr.write(f"webapp[{os.getpid()}]: {message}\n")
+    sys.stderr.flush()
 
 
 def _refuse_new_handshakes(sock: socket.socket) -> object | None:

@@ -40,6 +40,16 @@ def rehearse(*args: str, env: dict[str, str] | None = None) -> subprocess.Comple
     )
 
 
+def rehearse_reported(
+    tmp_path: Path, *args: str, env: dict[str, str] | None = None
+) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    """A rehearsal with ``--report``: its outcome, and the report it wrote."""
+    report = tmp_path / "report.json"
+    done = rehearse("--report", str(report), *args, env=env)
+    assert report.exists(), done.stdout + done.stderr
+    return done, json.loads(report.read_text())
+
+
 def dockerfile_pidone_options(port: int) -> list[str]:
     """Dockerfile.example's ENTRYPOINT pidone options, with its port 8080 moved to ``port``."""
     text = (ROOT / "Dockerfile.example").read_text(encoding="utf-8")
@@ -93,21 +103,18 @@ def test_example_webapp_with_its_dockerfile_settings_passes(mode: str, tmp_path:
 def test_naive_app_that_exits_at_once_fails_with_lost_requests(tmp_path: Path) -> None:
     """SIGTERM kills the naive app mid-POST: requests are lost and the verdict says so."""
     port = free_port()
-    report = tmp_path / "report.json"
-    done = rehearse(
+    done, data = rehearse_reported(
+        tmp_path,
         "--load",
         f"POST http://127.0.0.1:{port}/slow",
         "--warmup",
         "0.8",
-        "--report",
-        str(report),
         "--",
         PY,
         str(EXAMPLES / "naive_app.py"),
         env={"PORT": str(port), "SLOW_S": "0.3"},
     )
     assert done.returncode == 1, done.stdout + done.stderr
-    data = json.loads(report.read_text())
     assert data["verdict"] == "fail"
     assert data["requests"]["lost"] > 0
     assert any("lost" in failure for failure in data["failures"]), data["failures"]
@@ -123,21 +130,18 @@ def test_app_ignoring_sigterm_fails_with_reason_killed(tmp_path: Path) -> None:
     The grace comes from PIDONE_GRACE: the environment means what it means in production.
     """
     port = free_port()
-    report = tmp_path / "report.json"
-    done = rehearse(
+    done, data = rehearse_reported(
+        tmp_path,
         "--load",
         f"http://127.0.0.1:{port}/",
         "--warmup",
         "0.5",
-        "--report",
-        str(report),
         "--",
         PY,
         str(EXAMPLES / "stubborn_app.py"),
         env={"PORT": str(port), "PIDONE_GRACE": "1"},  # pidone's own variables apply too
     )
     assert done.returncode == 1, done.stdout + done.stderr
-    data = json.loads(report.read_text())
     assert data["reason"] == "Killed"
     assert data["exit_code"] == 137
     assert data["timed_out"] is False
@@ -189,21 +193,18 @@ def test_pidone_outliving_the_runtime_timeout_is_killed_and_fails(
 def test_app_never_ready_fails_and_is_still_stopped(tmp_path: Path) -> None:
     """An app that never listens: the rehearsal says so, stops it, and fails."""
     port = free_port()
-    report = tmp_path / "report.json"
-    done = rehearse(
+    done, data = rehearse_reported(
+        tmp_path,
         "--load",
         f"http://127.0.0.1:{port}/",
         "--ready-timeout",
         "1",
-        "--report",
-        str(report),
         "--",
         PY,
         "-c",
         "import sys, time; print('starting forever', file=sys.stderr, flush=True); time.sleep(60)",
     )
     assert done.returncode == 1, done.stdout + done.stderr
-    data = json.loads(report.read_text())
     assert data["verdict"] == "fail"
     assert "not ready within 1s" in data["failures"][0]
     assert data["requests"]["total"] == 0
@@ -292,14 +293,12 @@ def test_rehearsal_stopped_by_sigterm_leaves_nothing_running(mode: str) -> None:
 def test_readiness_comes_from_pidone_when_it_has_a_readiness_probe(tmp_path: Path) -> None:
     """With a readiness probe, the rehearsal waits for pidone's /readyz, not the load URL."""
     port = free_port()
-    report = tmp_path / "report.json"
-    done = rehearse(
+    done, data = rehearse_reported(
+        tmp_path,
         "--load",
         f"http://127.0.0.1:{port}/",
         "--warmup",
         "0.3",
-        "--report",
-        str(report),
         "--readiness-probe",
         f"http://127.0.0.1:{port}/healthz",
         "--readiness-period",
@@ -314,23 +313,20 @@ def test_readiness_comes_from_pidone_when_it_has_a_readiness_probe(tmp_path: Pat
         env={"PORT": str(port)},
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    data = json.loads(report.read_text())
     assert data["settings"]["ready"] == "pidone readiness"
 
 
 def test_expect_exit_overrides_the_accepted_exit_codes(tmp_path: Path) -> None:
     """--expect-exit 143 makes an exit code 0 a failure, named as such."""
     port = free_port()
-    report = tmp_path / "report.json"
-    done = rehearse(
+    done, data = rehearse_reported(
+        tmp_path,
         "--load",
         f"http://127.0.0.1:{port}/",
         "--warmup",
         "0.3",
         "--expect-exit",
         "143",
-        "--report",
-        str(report),
         "--pre-stop-delay",
         "1",
         "--drain-http",
@@ -341,23 +337,20 @@ def test_expect_exit_overrides_the_accepted_exit_codes(tmp_path: Path) -> None:
         env={"PORT": str(port)},
     )
     assert done.returncode == 1, done.stdout + done.stderr
-    data = json.loads(report.read_text())
     assert data["failures"] == ["pidone exited with code 0, not 143."]
 
 
 def test_short_pre_stop_delay_fails_on_refused_connections(tmp_path: Path) -> None:
     """The app stops listening before the load balancer has deregistered it: refused, fail."""
     port = free_port()
-    report = tmp_path / "report.json"
-    done = rehearse(
+    done, data = rehearse_reported(
+        tmp_path,
         "--load",
         f"http://127.0.0.1:{port}/",
         "--warmup",
         "0.3",
         "--deregister-delay",
         "2",
-        "--report",
-        str(report),
         "--pre-stop-delay",
         "0.2",
         "--drain-http",
@@ -368,7 +361,6 @@ def test_short_pre_stop_delay_fails_on_refused_connections(tmp_path: Path) -> No
         env={"PORT": str(port)},
     )
     assert done.returncode == 1, done.stdout + done.stderr
-    data = json.loads(report.read_text())
     assert data["after_signal"]["refused"] > 0
     assert any("refused while the load balancer" in f for f in data["failures"])
 
@@ -376,23 +368,20 @@ def test_short_pre_stop_delay_fails_on_refused_connections(tmp_path: Path) -> No
 def test_report_carries_every_documented_field(tmp_path: Path) -> None:
     """The JSON report's fields, as the README documents them."""
     port = free_port()
-    report = tmp_path / "report.json"
-    done = rehearse(
+    done, data = rehearse_reported(
+        tmp_path,
         "--load",
         f"http://127.0.0.1:{port}/",
         "--warmup",
         "0.3",
         "--deregister-delay",
         "0",
-        "--report",
-        str(report),
         "--",
         PY,
         str(EXAMPLES / "webapp.py"),
         env={"PORT": str(port)},
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    data = json.loads(report.read_text())
     for key in (
         "verdict",
         "failures",
