@@ -21,7 +21,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple, TextIO
 
-from pidone.config import Command, Config, HttpCall, TcpCheck, signal_name
+from pidone.config import Command, Config, HttpCall, TcpCheck, describe_ready, signal_name
 from pidone.lifecycle import KILL_WAIT, app_reserve
 from pidone.options import Kind, Option
 from pidone.settings import Settings, resolve
@@ -124,14 +124,8 @@ def start_order(config: Config) -> list[str]:
     ]
     timeout = f"{config.sidecar_ready_timeout:g}s"
     for sidecar in config.sidecars:
-        ready = sidecar.ready
-        gate = (
-            "running"
-            if ready is None
-            else f"ready ({ready})"
-            if isinstance(ready, str)
-            else f"ready ({ready.describe()})"
-        )
+        ready = describe_ready(sidecar.ready)
+        gate = "running" if ready is None else f"ready ({ready})"
         command = shlex.join(sidecar.argv)
         lines.append(f"sidecar {sidecar.name}: {command}; waits until {gate}, at most {timeout}")
     lines.append(f"app: {shlex.join(config.argv) if config.argv else '(none)'}")

@@ -131,6 +131,11 @@ def _ready_target(text: str) -> Check | Notify:
     return NOTIFY if text.strip() == NOTIFY else parse_probe_target(text)
 
 
+def describe_ready(ready: Check | Notify | None) -> str | None:
+    """A sidecar's ready check as the log and ``--check`` name it (None: running is enough)."""
+    return ready if ready is None or isinstance(ready, str) else ready.describe()
+
+
 def parse_sidecar_ready(text: str) -> tuple[str, Check | Notify]:
     """``NAME=TARGET`` with a probe target (http(s)://, tcp://, exec:) or ``notify``."""
     return _named(text, "TARGET", _ready_target)

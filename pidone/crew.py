@@ -22,7 +22,7 @@ import time
 from typing import TYPE_CHECKING, Protocol
 
 from pidone import spawn
-from pidone.config import NOTIFY, signal_name
+from pidone.config import NOTIFY, describe_ready, signal_name
 from pidone.run import SidecarRun
 from pidone.sidecars import RestartSidecarLater, SidecarNotReady, StartSidecar, StopSidecar
 
@@ -105,11 +105,10 @@ class Crew:
             )
             side.stop(action.signum, now)
         elif isinstance(action, SidecarNotReady):
-            check = side.spec.ready
             host.log.error(
                 "sidecar_not_ready",
                 name=side.spec.name,
-                check=check if check is None or check == NOTIFY else check.describe(),
+                check=describe_ready(side.spec.ready),
                 timeout_s=action.timeout,
             )
         else:

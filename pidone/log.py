@@ -311,7 +311,7 @@ class QueuedStderr:
             if not self._queue:
                 return
             data, reports = self._queue[0]
-            outcome = FAILED if len(data) > limit else self._write_nonblocking(fd, data)
+            outcome = FAILED if len(data) > limit else write_nonblocking(fd, data)
             if outcome == FULL:
                 return  # no room now: the line keeps its place
             self._pop()
@@ -325,44 +325,52 @@ class QueuedStderr:
     def _direct_target(self) -> tuple[int, int] | None:
         """Where lines can be written without ever blocking, and how long they may be."""
         if self._direct is False:
-            self._direct = None
-            with contextlib.suppress(OSError):
-                st = os.fstat(self._fd)
-                if stat.S_ISREG(st.st_mode) or (
-                    stat.S_ISCHR(st.st_mode) and st.st_rdev == os.makedev(1, 3)  # /dev/null
-                ):
-                    self._direct = (self._fd, sys.maxsize)
-                elif stat.S_ISFIFO(st.st_mode):
-                    # A second description of the same pipe, non-blocking on
-                    # its own; the app's description is left alone.  Up to
-                    # PIPE_BUF bytes are written whole or not at all.
-                    flags = os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC
-                    self._direct = (os.open(f"/proc/self/fd/{self._fd}", flags), select.PIPE_BUF)
+            self._direct = direct_target(self._fd)
         return self._direct if isinstance(self._direct, tuple) else None
 
-    @staticmethod
-    def _write_nonblocking(fd: int, data: bytes) -> str:
-        """WRITTEN, FULL (no room now), FAILED (an error) or BROKEN (EPIPE).
 
-        The SIGPIPE or SIGXFSZ a failed write raises is blocked for the call
-        and taken right after: it is pidone's own, never the app's.
-        """
-        old = signal.pthread_sigmask(signal.SIG_BLOCK, SELF_INFLICTED)
-        try:
-            written = 0
-            while written < len(data):
-                written += os.write(fd, data[written:])
-        except BlockingIOError:
-            return FULL if written == 0 else FAILED
-        except OSError as exc:
-            broken = isinstance(exc, BrokenPipeError)
-            if broken or exc.errno == errno.EFBIG:
-                with contextlib.suppress(OSError):
-                    signal.sigtimedwait(SELF_INFLICTED, 0)
-            return BROKEN if broken else FAILED
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, old)
-        return WRITTEN
+def direct_target(fd: int) -> tuple[int, int] | None:
+    """Where lines for ``fd`` can be written without ever blocking, and how long they may be.
+
+    A regular file or /dev/null as it is; a pipe through a second open file
+    description of its own, non-blocking (the app's is left alone), up to
+    PIPE_BUF bytes written whole or not at all; anything else (a terminal, a
+    socket): nowhere.
+    """
+    with contextlib.suppress(OSError):
+        st = os.fstat(fd)
+        if stat.S_ISREG(st.st_mode) or (
+            stat.S_ISCHR(st.st_mode) and st.st_rdev == os.makedev(1, 3)  # /dev/null
+        ):
+            return fd, sys.maxsize
+        if stat.S_ISFIFO(st.st_mode):
+            flags = os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC
+            return os.open(f"/proc/self/fd/{fd}", flags), select.PIPE_BUF
+    return None
+
+
+def write_nonblocking(fd: int, data: bytes) -> str:
+    """WRITTEN, FULL (no room now), FAILED (an error) or BROKEN (EPIPE).
+
+    The SIGPIPE or SIGXFSZ a failed write raises is blocked for the call
+    and taken right after: it is pidone's own, never the app's.
+    """
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, SELF_INFLICTED)
+    try:
+        written = 0
+        while written < len(data):
+            written += os.write(fd, data[written:])
+    except BlockingIOError:
+        return FULL if written == 0 else FAILED
+    except OSError as exc:
+        broken = isinstance(exc, BrokenPipeError)
+        if broken or exc.errno == errno.EFBIG:
+            with contextlib.suppress(OSError):
+                signal.sigtimedwait(SELF_INFLICTED, 0)
+        return BROKEN if broken else FAILED
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+    return WRITTEN
 
 
 def _event_first(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> dict[str, Any]:

@@ -448,9 +448,13 @@ def last_resort(sup: Supervisor | None, started: Started, exc: BaseException) ->
     with contextlib.suppress(Exception):
         if sup is not None:
             sup.log.error("internal_error", error=error)
-        else:  # no logger (it could not be built): one plain line, never waited on
-            os.set_blocking(2, False)  # everything else is being killed: nobody is disturbed
-            os.write(2, f"pidone: internal_error: {error}\n".encode()[:1024])
+        else:  # no logger (it could not be built): one plain line, where it cannot block
+            from pidone import log
+
+            target = log.direct_target(2)
+            if target is not None:
+                line = f"pidone: internal_error: {error}"[:1000] + "\n"
+                log.write_nonblocking(target[0], line.encode())
     with contextlib.suppress(Exception):
         tree.kill_all()
     app_pid = sup.run.pid if sup is not None else started.app
